@@ -1,0 +1,24 @@
+# The common commands. Each one sets up what it needs first (scripts/setup.sh is idempotent).
+PY := .venv/bin/python
+PORT ?= 9200
+
+.PHONY: setup test lint run node-start node-status node-stop clean-data
+
+setup:
+	@scripts/setup.sh
+
+test: setup ## every test, starting its own Elasticsearch node and PostgreSQL
+	$(PY) -m pytest
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+node-start: setup ## the local Elasticsearch node on 127.0.0.1:$(PORT), data under .data/elasticsearch
+	$(PY) -m tools.esnode start --port $(PORT)
+
+node-status:
+	@$(PY) -m tools.esnode status
+
+node-stop:
+	@$(PY) -m tools.esnode stop

@@ -1,0 +1,101 @@
+"""Settings from environment variables, read when a task runs (never at DAG parse time)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+# The folder that holds include/ when running from a checkout; the embedded defaults live under it.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+ES_CONN_ID = "hits_elasticsearch"
+ROLLUPS_CONN_ID = "hits_rollups"
+DEFAULT_ES_URL = "http://127.0.0.1:9200"
+
+# Environment names become part of index names, so they are held to what an index name may contain.
+ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+INDEX_PREFIX = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A setting has a value hitmetrics cannot work with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the embedded defaults."""
+
+    data_dir: Path = PROJECT_DIR / ".data"
+    landing: str = str(PROJECT_DIR / ".data" / "landing")
+    environments: tuple[str, ...] = ("production", "staging", "development")
+    timezone: str = "UTC"
+    index_prefix: str = "hits"
+    retention_days: int | None = None
+    max_reject_ratio: float = 0.01
+    es_url: str = DEFAULT_ES_URL
+    rollups_url: str = field(default="")
+
+    def __post_init__(self) -> None:
+        for env in self.environments:
+            if not ENVIRONMENT_NAME.match(env):
+                raise ConfigError(
+                    f"HITS_ENVIRONMENTS: {env!r} is not a valid environment name "
+                    "(lowercase letters, digits and _, starting with a letter or digit, at most 64)"
+                )
+        if not self.environments:
+            raise ConfigError("HITS_ENVIRONMENTS: at least one environment is needed")
+        if not INDEX_PREFIX.match(self.index_prefix):
+            raise ConfigError(f"HITS_INDEX_PREFIX: {self.index_prefix!r} is not a valid index name prefix")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ConfigError(f"HITS_TIMEZONE: {self.timezone!r} is not an IANA time zone name") from error
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ConfigError("HITS_RETENTION_DAYS: must be a whole number of days, at least 1")
+        if not 0 <= self.max_reject_ratio <= 1:
+            raise ConfigError("HITS_MAX_REJECT_RATIO: must be between 0 and 1")
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.data_dir / "rejects"
+
+    @property
+    def rollups_database_url(self) -> str:
+        """SQLAlchemy URL of the rollup database when no `hits_rollups` connection is defined."""
+        return self.rollups_url or f"sqlite:///{self.data_dir / 'rollups.sqlite'}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the `HITS_*` environment variables; unset ones keep their defaults."""
+    env = os.environ if environ is None else environ
+    data_dir = Path(env.get("HITS_DATA_DIR") or PROJECT_DIR / ".data")
+
+    def number(name: str, kind: type, default: object) -> object:
+        raw = env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return kind(raw)
+        except ValueError as error:
+            raise ConfigError(f"{name}: {raw!r} is not a {kind.__name__}") from error
+
+    environments = tuple(e.strip() for e in env.get("HITS_ENVIRONMENTS", "").split(",") if e.strip())
+    return Settings(
+        data_dir=data_dir,
+        landing=env.get("HITS_LANDING") or str(data_dir / "landing"),
+        environments=environments or Settings.environments,
+        timezone=env.get("HITS_TIMEZONE") or "UTC",
+        index_prefix=env.get("HITS_INDEX_PREFIX") or "hits",
+        retention_days=number("HITS_RETENTION_DAYS", int, None),  # type: ignore[arg-type]
+        max_reject_ratio=number("HITS_MAX_REJECT_RATIO", float, 0.01),  # type: ignore[arg-type]
+        es_url=env.get("HITS_ES_URL") or DEFAULT_ES_URL,
+        rollups_url=env.get("HITS_ROLLUPS_URL", ""),
+    )

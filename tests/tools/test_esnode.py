@@ -1,0 +1,90 @@
+"""The local node's start/status/stop, including the bad cases, each answered in one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from tools import esnode
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.esnode", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=300, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def node_dir(tmp_path: Path):
+    yield tmp_path / "node"
+    esnode.stop(tmp_path / "node")
+
+
+def test_start_status_second_start_stop_and_data_survives(node_dir: Path) -> None:
+    port = esnode.free_port()
+    started = cli("start", "--port", str(port), "--data", str(node_dir))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip().startswith(f"Elasticsearch 8.19.21 is up at http://127.0.0.1:{port}")
+
+    client = Elasticsearch(f"http://127.0.0.1:{port}")
+    client.index(index="survivor", id="1", document={"page": "/kept"}, refresh=True)
+
+    again = cli("start", "--port", str(port), "--data", str(node_dir))
+    assert again.returncode == 0 and "already running" in again.stdout
+
+    status = cli("status", "--data", str(node_dir))
+    assert status.returncode == 0 and (": green" in status.stdout or ": yellow" in status.stdout)
+
+    stopped = cli("stop", "--data", str(node_dir))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert cli("status", "--data", str(node_dir)).returncode == 3
+
+    assert cli("start", "--port", str(port), "--data", str(node_dir)).returncode == 0
+    assert client.get(index="survivor", id="1")["_source"] == {"page": "/kept"}
+
+
+def test_port_already_taken_is_one_line(node_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli("start", "--port", str(port), "--data", str(node_dir))
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip() == f"error: port {port} on 127.0.0.1 is already taken by another program: "
+        "choose another with --port"
+    )
+
+
+def test_restart_after_kill_9(node_dir: Path) -> None:
+    info = esnode.start(port=esnode.free_port(), data_dir=node_dir)
+    os.kill(info.pid, signal.SIGKILL)
+    while esnode._alive(info.pid):
+        time.sleep(0.1)
+    restarted = cli("start", "--port", str(info.port), "--data", str(node_dir))
+    assert restarted.returncode == 0, restarted.stderr
+    assert Elasticsearch(f"http://127.0.0.1:{info.port}").ping()
+
+
+def test_missing_jdk_is_one_line(node_dir: Path) -> None:
+    result = cli(
+        "start",
+        "--port",
+        str(esnode.free_port()),
+        "--data",
+        str(node_dir),
+        env={"PATH": "/nonexistent", "JAVA_HOME": ""},
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no JDK found")

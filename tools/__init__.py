@@ -1,0 +1,1 @@
+"""Development services for hitmetrics: a local Elasticsearch node and a throwaway PostgreSQL."""
