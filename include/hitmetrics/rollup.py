@@ -1,0 +1,334 @@
+"""The rollup tables BI reads (SQLAlchemy Core, SQLite and PostgreSQL), written one partition at a time.
+
+A partition (local day, environment) is replaced in one transaction: its rows in all four tables are deleted and
+the new ones inserted, so readers see the old day or the new day, never half of one, and a failed write leaves
+the previous rows. Instants are UTC: `timestamptz` on PostgreSQL, `YYYY-MM-DD HH:MM:SS` text (SQLite's own
+format, always UTC) on SQLite. Every table and column is documented in docs/rollups.md and, on PostgreSQL, as
+database comments.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql import ColumnElement
+
+from hitmetrics.aggregate import (
+    ROW_TYPES,
+    ChecksFailed,
+    PartitionAggregates,
+    PartitionCheck,
+    day_bounds,
+    evaluate_partition,
+)
+
+INSERT_BATCH = 5000
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+class UtcDateTime(TypeDecorator):
+    """An instant, stored and returned in UTC; naive datetimes are refused rather than guessed."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(
+                sqlite.DATETIME(
+                    storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d",
+                    regexp=r"(\d+)-(\d+)-(\d+) (\d+):(\d+):(\d+)",
+                )
+            )
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone: rollup instants must be timezone-aware")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+metadata = MetaData()
+
+
+def _environment() -> Column:
+    return Column("environment", String(64), nullable=False, comment="Environment the hits came from.")
+
+
+def _page() -> Column:
+    return Column("page", Text, nullable=False, comment="The page, as logged.")
+
+
+def _bucket_start() -> Column:
+    return Column(
+        "bucket_start",
+        UtcDateTime,
+        nullable=False,
+        comment="First instant (UTC) of the 30-minute bucket; buckets follow the local half hours of HITS_TIMEZONE.",
+    )
+
+
+def _day() -> Column:
+    return Column("day", Date, nullable=False, comment="Local date in the reporting time zone (HITS_TIMEZONE).")
+
+
+def _measures() -> list[Column]:
+    return [
+        Column("hits", BigInteger, nullable=False, comment="Number of hits (page views)."),
+        Column(
+            "unique_users",
+            BigInteger,
+            nullable=False,
+            comment="Distinct user_id values among these hits (exact in practice below 40,000). Never sum across rows.",
+        ),
+    ]
+
+
+# Primary keys are the natural keys, ordered so that a partition (environment, time range) is one index range.
+hits_by_page_30m = Table(
+    "hits_by_page_30m",
+    metadata,
+    _environment(),
+    _page(),
+    _bucket_start(),
+    *_measures(),
+    PrimaryKeyConstraint("environment", "bucket_start", "page"),
+    # One page's time series, the other common question.
+    Index("ix_hits_by_page_30m_page", "environment", "page", "bucket_start"),
+    comment="Hits per page and 30-minute bucket. Only buckets with hits have a row.",
+)
+hits_by_env_30m = Table(
+    "hits_by_env_30m",
+    metadata,
+    _environment(),
+    _bucket_start(),
+    *_measures(),
+    PrimaryKeyConstraint("environment", "bucket_start"),
+    comment="Hits per environment and 30-minute bucket, all pages together. Only buckets with hits have a row.",
+)
+hits_by_page_daily = Table(
+    "hits_by_page_daily",
+    metadata,
+    _environment(),
+    _page(),
+    _day(),
+    *_measures(),
+    PrimaryKeyConstraint("environment", "day", "page"),
+    comment="Hits per page and local day.",
+)
+hits_by_env_daily = Table(
+    "hits_by_env_daily",
+    metadata,
+    _environment(),
+    _day(),
+    *_measures(),
+    PrimaryKeyConstraint("environment", "day"),
+    comment="Hits per environment and local day, all pages together.",
+)
+
+hits_loads = Table(
+    "hits_loads",
+    metadata,
+    Column("load_id", String(64), primary_key=True, comment="Identifier of the load, stored on every hit it wrote."),
+    Column("landing_day", Date, nullable=False, comment="The landing folder (day) that was loaded."),
+    Column("loaded_at", UtcDateTime, nullable=False, comment="When the load finished (UTC)."),
+    Column("files", BigInteger, nullable=False, comment="Files read from the landing folder."),
+    Column("read", BigInteger, nullable=False, comment="Records read."),
+    Column("loaded", BigInteger, nullable=False, comment="Records written to Elasticsearch."),
+    Column("rejected", BigInteger, nullable=False, comment="Records rejected as invalid."),
+    Column("rejects_file", Text, comment="File listing the rejected records with file, line and reason."),
+    comment="One row per load run of a landing day.",
+)
+
+hits_checks = Table(
+    "hits_checks",
+    metadata,
+    _environment(),
+    _day(),
+    PrimaryKeyConstraint("environment", "day"),
+    Column("es_count", BigInteger, nullable=False, comment="Hits of the partition counted by Elasticsearch."),
+    Column("daily_hits", BigInteger, nullable=False, comment="Hits in hits_by_env_daily."),
+    Column("sum_30m_hits", BigInteger, nullable=False, comment="Sum of hits in hits_by_env_30m."),
+    Column("passed", Boolean, nullable=False, comment="True when every total agreed and the partition was published."),
+    Column("problem", Text, comment="Why the check failed; NULL when it passed."),
+    Column("checked_at", UtcDateTime, nullable=False, comment="When the check ran (UTC)."),
+    comment="The last publication check of each partition. passed = false: the tables still hold the previous data.",
+)
+
+ROLLUP_TABLES: dict[str, Table] = {name: metadata.tables[name] for name in ROW_TYPES}
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for a SQLAlchemy URL; `postgres://` and `postgresql://` use psycopg 3, SQLite folders are made."""
+    for bare in ("postgres://", "postgresql://"):
+        if url.startswith(bare):
+            url = "postgresql+psycopg://" + url.removeprefix(bare)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
+        # BI tools keep reading while a partition is being replaced.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the rollup tables that do not exist yet (with their comments on PostgreSQL)."""
+    metadata.create_all(engine)
+
+
+def replace_partition(engine: Engine, aggs: PartitionAggregates) -> None:
+    """Replace a partition's rows in the four rollup tables in one transaction."""
+    with engine.begin() as conn:
+        _replace_rows(conn, aggs)
+
+
+def publish_partition(engine: Engine, aggs: PartitionAggregates) -> PartitionCheck:
+    """Check a partition; if it adds up, replace its rows. One transaction, which also records the check.
+
+    A failed check is recorded and raised as `ChecksFailed`; the tables keep the previous rows.
+    """
+    check = evaluate_partition(aggs)
+    with engine.begin() as conn:
+        if check.passed:
+            _replace_rows(conn, aggs)
+        _write_check(conn, check)
+    if not check.passed:
+        raise ChecksFailed(check)
+    return check
+
+
+def _replace_rows(conn: Connection, aggs: PartitionAggregates) -> None:
+    _refuse_rows_outside(aggs)
+    for name, rows in aggs.tables().items():
+        table = ROLLUP_TABLES[name]
+        conn.execute(delete(table).where(_in_partition(table, aggs.environment, aggs.day, aggs.timezone)))
+        for batch in _batches([vars(row) for row in rows]):
+            conn.execute(insert(table), batch)
+
+
+def _in_partition(table: Table, environment: str, day: dt.date, tz: str) -> ColumnElement[bool]:
+    """The rows of a rollup table that belong to the partition (environment, local day)."""
+    if "day" in table.c:
+        return and_(table.c.environment == environment, table.c.day == day)
+    start, end = day_bounds(day, tz)
+    return and_(table.c.environment == environment, table.c.bucket_start >= start, table.c.bucket_start < end)
+
+
+def _refuse_rows_outside(aggs: PartitionAggregates) -> None:
+    """Rows outside the partition would survive its next replacement: refuse them."""
+    start, end = day_bounds(aggs.day, aggs.timezone)
+    for name, rows in aggs.tables().items():
+        for row in rows:
+            inside = row.environment == aggs.environment and (
+                start <= row.bucket_start < end if hasattr(row, "bucket_start") else row.day == aggs.day
+            )
+            if not inside:
+                raise ValueError(f"{name}: {row} is outside partition {aggs.environment} {aggs.day} ({aggs.timezone})")
+
+
+def _batches(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
+    for first in range(0, len(rows), INSERT_BATCH):
+        yield rows[first : first + INSERT_BATCH]
+
+
+def record_checks(engine: Engine, aggs: PartitionAggregates) -> PartitionCheck:
+    """Evaluate a partition's checks and record the outcome, replacing the partition's previous check."""
+    check = evaluate_partition(aggs)
+    with engine.begin() as conn:
+        _write_check(conn, check)
+    return check
+
+
+def _write_check(conn: Connection, check: PartitionCheck) -> None:
+    key = (hits_checks.c.environment == check.environment, hits_checks.c.day == check.day)
+    conn.execute(delete(hits_checks).where(*key))
+    conn.execute(insert(hits_checks), {**vars(check), "passed": check.passed, "checked_at": dt.datetime.now(dt.UTC)})
+
+
+LOAD_FIELDS = ("load_id", "landing_day", "loaded_at", "files", "read", "loaded", "rejected", "rejects_file")
+
+
+def record_load(engine: Engine, report: Mapping[str, Any]) -> None:
+    """Record a load run from its report (the `hits_loads` columns; extra keys are ignored).
+
+    `landing_day` / `loaded_at` may be ISO strings, `loaded_at` defaults to now, `files` is a count or the list of
+    files, `rejects_file` a path or None. Recording the same `load_id` again (a retried task) replaces its row.
+    """
+    missing = [name for name in LOAD_FIELDS if name not in report and name not in ("loaded_at", "rejects_file")]
+    if missing:
+        raise ValueError(f"load report lacks {', '.join(missing)}")
+    row = {name: report.get(name) for name in LOAD_FIELDS}
+    if isinstance(row["landing_day"], str):
+        row["landing_day"] = dt.date.fromisoformat(row["landing_day"])
+    if row["loaded_at"] is None:
+        row["loaded_at"] = dt.datetime.now(dt.UTC)
+    elif isinstance(row["loaded_at"], str):
+        row["loaded_at"] = dt.datetime.fromisoformat(row["loaded_at"])
+    if not isinstance(row["files"], int):
+        row["files"] = len(row["files"])
+    if row["rejects_file"] is not None:
+        row["rejects_file"] = str(row["rejects_file"])
+    with engine.begin() as conn:
+        conn.execute(delete(hits_loads).where(hits_loads.c.load_id == row["load_id"]))
+        conn.execute(insert(hits_loads), row)
+
+
+def read_partition(engine: Engine, environment: str, day: dt.date, tz: str) -> dict[str, list[Any]]:
+    """A partition's rows by table name, as the row types of `hitmetrics.aggregate` (for tests and the UI)."""
+    found: dict[str, list[Any]] = {}
+    with engine.connect() as conn:
+        for name, row_type in ROW_TYPES.items():
+            table = ROLLUP_TABLES[name]
+            query = select(table).where(_in_partition(table, environment, day, tz)).order_by(*table.primary_key)
+            found[name] = [row_type(**row._mapping) for row in conn.execute(query)]
+    return found
+
+
+def recent_rows(engine: Engine, table: Table, limit: int = 100) -> list[dict[str, Any]]:
+    """The latest rows of `hits_loads` (by loaded_at) or `hits_checks` (by checked_at), newest first."""
+    newest_first = (table.c.loaded_at if "loaded_at" in table.c else table.c.checked_at).desc()
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(select(table).order_by(newest_first).limit(limit))]

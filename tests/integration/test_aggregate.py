@@ -1,0 +1,174 @@
+"""Aggregations on the real Elasticsearch node: DST days, a +05:45 zone, more pages than search.max_buckets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import pytest
+from elasticsearch import ApiError, Elasticsearch, helpers
+from hitmetrics import indexes
+from hitmetrics.aggregate import (
+    EnvBucket,
+    EnvDay,
+    PageBucket,
+    PageDay,
+    aggregate_partition,
+    check_partition,
+    day_bounds,
+)
+from hitmetrics.config import Settings
+
+
+@dataclass(frozen=True)
+class Hit:
+    page: str
+    at: dt.datetime
+    user_id: int
+    environment: str = "production"
+
+
+def make_index(es: Elasticsearch, prefix: str, day: dt.date, environment: str, hits: Iterable[Hit]) -> str:
+    """Create a day index the way the pipeline does and load `hits` into it, visible at once; returns its name."""
+    indexes.ensure_template(es, Settings(index_prefix=prefix))
+    indexes.create_index(es, prefix, day, environment)
+    name = indexes.index_name(prefix, day, environment)
+    actions = (
+        {
+            "_index": name,
+            "page": hit.page,
+            "datetime": hit.at.isoformat(),
+            "user_id": hit.user_id,
+            "environment": hit.environment,
+            "source_file": "test/hits.jsonl",
+            "load_id": "test",
+        }
+        for hit in hits
+    )
+    helpers.bulk(es, actions, refresh=True)
+    return name
+
+
+def day_hits(day: dt.date, tz: str, seed: int = 7) -> list[Hit]:
+    """A hit every 10 minutes of the local day plus random extra ones, from a few pages and users."""
+    rng = random.Random(seed)
+    start, end = day_bounds(day, tz)
+    hits, at = [], start
+    while at < end:
+        hits.append(Hit(rng.choice(["/", "/cart", "/docs/a"]), at, rng.randrange(20)))
+        at += dt.timedelta(minutes=10)
+    span = int((end - start).total_seconds())
+    hits += [
+        Hit(rng.choice(["/", "/cart", "/docs/a", "/pricing"]), start + dt.timedelta(seconds=rng.randrange(span)), n)
+        for n in range(60)
+    ]
+    return hits
+
+
+def expected_rows(hits: list[Hit], day: dt.date, tz: str, environment: str = "production") -> dict[str, set]:
+    """The four tables' rows computed the slow way, in Python, for hits inside the partition."""
+    zone, (start, end) = ZoneInfo(tz), day_bounds(day, tz)
+    inside = [h for h in hits if h.environment == environment and start <= h.at < end]
+
+    def bucket(at: dt.datetime) -> dt.datetime:
+        local = at.astimezone(zone)
+        return local.replace(minute=local.minute // 30 * 30, second=0, microsecond=0).astimezone(dt.UTC)
+
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for h in inside:
+        for key in (("page_30m", h.page, bucket(h.at)), ("env_30m", bucket(h.at)), ("page_daily", h.page), ("env",)):
+            groups[key].append(h.user_id)
+    rows: dict[str, set] = {"page_30m": set(), "env_30m": set(), "page_daily": set(), "env_daily": set()}
+    for (kind, *key), users in groups.items():
+        measures = (len(users), len(set(users)))
+        if kind == "page_30m":
+            rows[kind].add(PageBucket(environment, *key, *measures))
+        elif kind == "env_30m":
+            rows[kind].add(EnvBucket(environment, *key, *measures))
+        elif kind == "page_daily":
+            rows[kind].add(PageDay(environment, *key, day, *measures))
+        else:
+            rows["env_daily"].add(EnvDay(environment, day, *measures))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("tz", "day", "buckets"),
+    [
+        ("Europe/Berlin", dt.date(2026, 3, 29), 46),
+        ("Europe/Berlin", dt.date(2026, 10, 25), 50),
+        ("America/Sao_Paulo", dt.date(2018, 11, 4), 46),  # DST began at local midnight
+        ("America/Sao_Paulo", dt.date(2019, 2, 16), 50),
+        ("Asia/Kathmandu", dt.date(2026, 3, 29), 48),
+        ("UTC", dt.date(2026, 3, 29), 48),
+    ],
+)
+def test_buckets_follow_local_half_hours(
+    es: Elasticsearch, index_prefix: str, tz: str, day: dt.date, buckets: int
+) -> None:
+    start, end = day_bounds(day, tz)
+    hits = day_hits(day, tz)
+    # Strays the partition must ignore: just outside the day, and another environment's hit.
+    strays = [
+        Hit("/", start - dt.timedelta(milliseconds=1), 1),
+        Hit("/", end, 1),
+        Hit("/", start + dt.timedelta(hours=1), 1, "staging"),
+    ]
+    index = make_index(es, index_prefix, day, "production", hits + strays)
+
+    aggs = aggregate_partition(es, index, day, "production", tz, page_size=7)
+
+    assert len(aggs.by_env_30m) == buckets
+    assert aggs.by_env_30m[0].bucket_start == start
+    assert aggs.es_count == len(hits)
+    expected = expected_rows(hits, day, tz)
+    assert set(aggs.by_page_30m) == expected["page_30m"]
+    assert set(aggs.by_env_30m) == expected["env_30m"]
+    assert set(aggs.by_page_daily) == expected["page_daily"]
+    assert set(aggs.by_env_daily) == expected["env_daily"]
+    assert check_partition(aggs).passed
+    if tz == "Asia/Kathmandu":
+        assert {b.bucket_start.minute for b in aggs.by_env_30m} == {15, 45}
+
+
+def test_partition_without_hits(es: Elasticsearch, index_prefix: str) -> None:
+    """A day whose index holds only a stray hit of the day before: nothing to publish, and that adds up."""
+    day = dt.date(2026, 3, 29)
+    stray = Hit("/", dt.datetime(2026, 3, 28, 12, tzinfo=dt.UTC), 1, "staging")
+    index = make_index(es, index_prefix, day, "staging", [stray])
+    aggs = aggregate_partition(es, index, day, "staging", "UTC")
+    assert aggs.es_count == 0
+    assert all(rows == [] for rows in aggs.tables().values())
+    assert check_partition(aggs).passed
+
+
+def _max_buckets(es: Elasticsearch) -> object:
+    return es.cluster.get_settings(flat_settings=True)["persistent"].get("search.max_buckets")
+
+
+def test_more_pages_than_search_max_buckets(es: Elasticsearch, index_prefix: str) -> None:
+    day, pages, limit = dt.date(2026, 3, 29), 1200, 1000
+    start = day_bounds(day, "UTC")[0]
+    hits = [Hit(f"/p/{n:05d}", start + dt.timedelta(seconds=n * 60), n % 50) for n in range(pages)]
+    index = make_index(es, index_prefix, day, "production", hits)
+
+    previous = _max_buckets(es)
+    # A shared node: the lowered limit lasts only as long as these two requests.
+    es.cluster.put_settings(persistent={"search.max_buckets": limit})
+    try:
+        with pytest.raises(ApiError) as refused:
+            es.search(index=index, size=0, aggs={"pages": {"terms": {"field": "page", "size": pages}}})
+        aggs = aggregate_partition(es, index, day, "production", "UTC")
+    finally:
+        es.cluster.put_settings(persistent={"search.max_buckets": previous})
+    assert "too_many_buckets" in str(refused.value.body)
+    assert _max_buckets(es) == previous
+
+    assert len(aggs.by_page_daily) == pages
+    assert len(aggs.by_page_30m) == pages
+    assert set(aggs.by_page_30m) == expected_rows(hits, day, "UTC")["page_30m"]
+    assert check_partition(aggs).passed

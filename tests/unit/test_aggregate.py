@@ -1,0 +1,118 @@
+"""Pure logic of hitmetrics.aggregate: local day bounds, the publication check, the aggregates file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+
+import pytest
+from hitmetrics.aggregate import (
+    ChecksFailed,
+    EnvBucket,
+    EnvDay,
+    PageBucket,
+    PageDay,
+    PartitionAggregates,
+    check_partition,
+    day_bounds,
+    read_aggregates,
+    write_aggregates,
+)
+
+UTC = dt.UTC
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("day", "tz", "start", "hours"),
+    [
+        (dt.date(2026, 3, 29), "UTC", "2026-03-29T00:00", 24),
+        (dt.date(2026, 3, 29), "Europe/Berlin", "2026-03-28T23:00", 23),
+        (dt.date(2026, 10, 25), "Europe/Berlin", "2026-10-24T22:00", 25),
+        # Clocks jumped from 00:00 to 01:00: the day starts at 01:00 -02:00.
+        (dt.date(2018, 11, 4), "America/Sao_Paulo", "2018-11-04T03:00", 23),
+        (dt.date(2019, 2, 16), "America/Sao_Paulo", "2019-02-16T02:00", 25),
+        (dt.date(2026, 3, 29), "Asia/Kathmandu", "2026-03-28T18:15", 24),
+    ],
+)
+def test_day_bounds(day: dt.date, tz: str, start: str, hours: int) -> None:
+    first, end = day_bounds(day, tz)
+    assert first == _utc(start)
+    assert end - first == dt.timedelta(hours=hours)
+    assert first.tzinfo is UTC
+
+
+def _aggs(es_count: int = 5) -> PartitionAggregates:
+    day = dt.date(2026, 3, 29)
+    a, b = _utc("2026-03-29T08:00"), _utc("2026-03-29T08:30")
+    return PartitionAggregates(
+        index="hits-2026.03.29-production",
+        environment="production",
+        day=day,
+        timezone="UTC",
+        es_count=es_count,
+        by_page_30m=[
+            PageBucket("production", "/", a, 2, 2),
+            PageBucket("production", "/", b, 1, 1),
+            PageBucket("production", "/cart", b, 2, 1),
+        ],
+        by_env_30m=[EnvBucket("production", a, 2, 2), EnvBucket("production", b, 3, 2)],
+        by_page_daily=[PageDay("production", "/", day, 3, 2), PageDay("production", "/cart", day, 2, 1)],
+        by_env_daily=[EnvDay("production", day, 5, 3)],
+    )
+
+
+def test_check_passes_when_totals_agree() -> None:
+    check = check_partition(_aggs())
+    assert check.passed
+    assert (check.es_count, check.daily_hits, check.sum_30m_hits) == (5, 5, 5)
+
+
+def test_check_names_the_three_numbers() -> None:
+    with pytest.raises(ChecksFailed, match="30-minute hits 5, daily hits 5 and Elasticsearch count 6") as raised:
+        check_partition(_aggs(es_count=6))
+    assert not raised.value.check.passed
+    assert raised.value.check.es_count == 6
+
+
+def test_check_catches_a_page_missing_from_a_page_table() -> None:
+    aggs = _aggs()
+    del aggs.by_page_30m[-1]
+    with pytest.raises(ChecksFailed, match="hits_by_page_30m adds up to 3 hits instead of 5"):
+        check_partition(aggs)
+
+
+def test_empty_partition_passes() -> None:
+    aggs = PartitionAggregates("hits-2026.03.29-staging", "staging", dt.date(2026, 3, 29), "UTC", 0)
+    assert check_partition(aggs).passed
+
+
+def test_aggregates_file_round_trip(tmp_path) -> None:
+    aggs = _aggs()
+    path = write_aggregates(aggs, tmp_path / "nested" / "production.ndjson.gz")
+    assert read_aggregates(path) == aggs
+    assert not list(path.parent.glob(".*partial"))
+    with gzip.open(path, "rb") as lines:
+        assert len(lines.readlines()) == 1 + 3 + 2 + 2 + 1
+
+
+def test_damaged_aggregates_file_names_file_and_line(tmp_path) -> None:
+    path = write_aggregates(_aggs(), tmp_path / "a.ndjson.gz")
+    with gzip.open(path, "rb") as lines:
+        content = lines.readlines()
+    content[2] = b'{"table": "hits_by_page_30m", "page": "/"}\n'
+    with gzip.open(path, "wb") as out:
+        out.writelines(content)
+    with pytest.raises(ValueError, match=r"a\.ndjson\.gz, line 3: TypeError"):
+        read_aggregates(path)
+
+
+def test_file_without_header_is_refused(tmp_path) -> None:
+    path = tmp_path / "b.ndjson.gz"
+    with gzip.open(path, "wb") as out:
+        out.write(b'{"table": "hits_by_env_daily"}\n')
+    with pytest.raises(ValueError, match="line 1: ValueError: not a format 1 aggregates header"):
+        read_aggregates(path)
