@@ -1,0 +1,123 @@
+"""Daily environment indexes: names, the composable template derived from `Hit`, aliases, creation, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from elasticsearch import Elasticsearch
+
+from hitmetrics.config import ENVIRONMENT_NAME, Settings
+from hitmetrics.model import Hit
+
+log = logging.getLogger(__name__)
+
+# Keeps URLs of multi-index requests well under Elasticsearch's 4 KB request-line limit.
+_NAMES_PER_REQUEST = 50
+
+
+def index_name(prefix: str, day: dt.date, environment: str) -> str:
+    """`<prefix>-YYYY.MM.DD-<env>`; refuses environment names that could escape that pattern."""
+    if not ENVIRONMENT_NAME.fullmatch(environment):
+        raise ValueError(f"{environment!r} is not a valid environment name for an index")
+    return f"{prefix}-{day.year:04d}.{day.month:02d}.{day.day:02d}-{environment}"
+
+
+def parse_index_name(prefix: str, name: str) -> tuple[dt.date, str] | None:
+    """(day, environment) of one of our daily indexes, None for any other name."""
+    match = re.fullmatch(rf"{re.escape(prefix)}-(\d{{4}})\.(\d{{2}})\.(\d{{2}})-(.+)", name)
+    if not match or not ENVIRONMENT_NAME.fullmatch(match[4]):
+        return None
+    try:
+        return dt.date(int(match[1]), int(match[2]), int(match[3])), match[4]
+    except ValueError:
+        return None
+
+
+def local_day(instant: dt.datetime, tz: ZoneInfo) -> dt.date:
+    """The reporting day an aware instant belongs to in time zone `tz`."""
+    return instant.astimezone(tz).date()
+
+
+def template_name(prefix: str) -> str:
+    return f"{prefix}-hits-template"
+
+
+def index_template(settings: Settings) -> dict[str, Any]:
+    """The composable index template body for `settings.index_prefix`, derived from the `Hit` document."""
+    prefix = settings.index_prefix
+    body = Hit._index.to_dict()
+    return {
+        "index_patterns": [f"{prefix}-*.*.*-*"],
+        # Overlapping patterns need distinct priorities (`hits-*` also matches `hits-eu-*`): the longer prefix wins.
+        "priority": 100 + len(prefix),
+        "template": {"settings": body["settings"], "mappings": body["mappings"], "aliases": {prefix: {}}},
+        "_meta": {"managed_by": "hitmetrics", "description": "daily environment hit indexes"},
+    }
+
+
+def ensure_template(es: Elasticsearch, settings: Settings) -> None:
+    """Create or update the index template (idempotent: PUT replaces it with the same body)."""
+    es.indices.put_index_template(name=template_name(settings.index_prefix), **index_template(settings))
+
+
+def create_indexes(
+    es: Elasticsearch, settings: Settings, days: Iterable[dt.date], environments: Iterable[str] | None = None
+) -> list[str]:
+    """Make sure the template and the index of every (day, environment) exist; returns the names it created.
+
+    Environments default to `settings.environments`. Safe to repeat and to race with another creator.
+    """
+    ensure_template(es, settings)
+    wanted = list(environments if environments is not None else settings.environments)
+    created = []
+    for day in sorted(set(days)):
+        for environment in wanted:
+            if create_index(es, settings.index_prefix, day, environment):
+                created.append(index_name(settings.index_prefix, day, environment))
+    if created:
+        log.info("created %d index(es): %s", len(created), ", ".join(created))
+    return created
+
+
+def create_index(es: Elasticsearch, prefix: str, day: dt.date, environment: str) -> bool:
+    """Create one daily index with its aliases unless it exists; True when this call created it.
+
+    The template (`ensure_template`) must exist first: it holds the mapping and the `<prefix>` alias.
+    """
+    name = index_name(prefix, day, environment)
+    # The environment alias depends on the index name, which a template cannot express, so it is set here.
+    response = es.options(ignore_status=400).indices.create(index=name, aliases={f"{prefix}-{environment}": {}})
+    if response.meta.status == 200:
+        return True
+    if response.body.get("error", {}).get("type") == "resource_already_exists_exception":
+        return False
+    raise RuntimeError(f"creating index {name} failed: {response.body.get('error')}")
+
+
+def hit_indexes(es: Elasticsearch, prefix: str) -> dict[str, tuple[dt.date, str]]:
+    """Every existing daily index of `prefix`, by name, with its (day, environment)."""
+    resolved = es.indices.resolve_index(name=f"{prefix}-*", expand_wildcards="open,closed")
+    names = (index["name"] for index in resolved["indices"])
+    return {name: parsed for name in names if (parsed := parse_index_name(prefix, name))}
+
+
+def delete_expired_indexes(es: Elasticsearch, settings: Settings, today: dt.date) -> list[str]:
+    """Delete the daily indexes whose day is more than `retention_days` before `today`; returns their names.
+
+    With `retention_days` unset everything is kept. Only names of the exact pattern `<prefix>-YYYY.MM.DD-<env>`
+    are considered, so other indexes that merely share the prefix are never touched.
+    """
+    if settings.retention_days is None:
+        return []
+    oldest_kept = today - dt.timedelta(days=settings.retention_days)
+    expired = sorted(name for name, (day, _) in hit_indexes(es, settings.index_prefix).items() if day < oldest_kept)
+    for start in range(0, len(expired), _NAMES_PER_REQUEST):
+        es.indices.delete(index=",".join(expired[start : start + _NAMES_PER_REQUEST]))
+    if expired:
+        log.info("deleted %d index(es) older than %s: %s", len(expired), oldest_kept, ", ".join(expired))
+    return expired

@@ -1,0 +1,466 @@
+"""Load a landing day into the daily environment indexes: exact on every re-run, full reload, reconciliation.
+
+A load of landing folder D writes every good record under a deterministic `_id` (source file, line) with a fresh
+`load_id`, then deletes the documents whose `source_file` is under `D/` and whose `load_id` differs: what the
+folder no longer contributes, in whichever day's index it went. Re-runs, retries after a load cut off half way
+and reloads of corrected folders all end with exactly the folder's current good records. Only server-core APIs
+are used (bulk, point in time, search_after, count), no `_delete_by_query`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, helpers
+from elasticsearch import ConnectionError as ESConnectionError
+
+from hitmetrics.config import Settings
+from hitmetrics.indexes import create_index, ensure_template, index_name, parse_index_name
+from hitmetrics.ingest import (
+    LandingFile,
+    LandingPath,
+    MissingLandingDay,
+    Reject,
+    find_day_files,
+    landing_root,
+    parse_file,
+)
+
+__all__ = [
+    "LoadError",
+    "LoadProgress",
+    "LoadReport",
+    "MissingLandingDay",
+    "ReconciliationError",
+    "TooManyRejects",
+    "load_landing_day",
+    "new_load_id",
+]
+
+log = logging.getLogger(__name__)
+
+# Bulk requests: a few MB each, two in flight so parsing overlaps indexing.
+CHUNK_DOCS = 2_000
+CHUNK_BYTES = 4 << 20
+BULK_THREADS = 2
+BULK_TIMEOUT_S = 120
+# Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
+RETRIES = 6
+INITIAL_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+RETRY_STATUS = (429, 502, 503, 504)
+PROGRESS_EVERY_S = 10.0
+SWEEP_PAGE = 5_000
+
+LOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+
+Partition = tuple[dt.date, str]
+Action = tuple[dict[str, Any], bytes | None]
+
+
+class LoadError(RuntimeError):
+    """The load could not complete as asked; the message says why."""
+
+
+class ReconciliationError(LoadError):
+    """Elasticsearch does not hold exactly what was loaded."""
+
+
+class TooManyRejects(LoadError):
+    """More records were rejected than `HITS_MAX_REJECT_RATIO` allows; the good ones are loaded."""
+
+    def __init__(self, message: str, report: LoadReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class LoadReport:
+    """What one load of a landing day did. Always `read == loaded + rejected`."""
+
+    landing_day: dt.date
+    load_id: str
+    files: int = 0
+    read: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    rejects_file: Path | None = None
+    # Documents written per (local day, environment) partition. Partitions that only lost documents to the
+    # sweep are included with 0: every partition listed needs its aggregates recomputed.
+    partitions: dict[Partition, int] = field(default_factory=dict)
+    deleted: int = 0  # stale documents the folder no longer contributes
+    seconds: float = 0.0
+
+    @property
+    def reject_ratio(self) -> float:
+        return self.rejected / self.read if self.read else 0.0
+
+    def summary(self) -> str:
+        where = f", rejects in {self.rejects_file}" if self.rejects_file else ""
+        return (
+            f"landing day {self.landing_day}: {self.files} file(s), read {self.read}, loaded {self.loaded}, "
+            f"rejected {self.rejected}{where}; {self.deleted} stale document(s) deleted; "
+            f"{self.seconds:.1f}s (load {self.load_id})"
+        )
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """A snapshot of a running load, for progress logs and callbacks."""
+
+    files_done: int
+    files: int
+    read: int
+    loaded: int
+    rejected: int
+    seconds: float
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.loaded / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.files_done}/{self.files} file(s), read {self.read}, loaded {self.loaded}, "
+            f"rejected {self.rejected}, {self.docs_per_second:,.0f} docs/s"
+        )
+
+
+def new_load_id() -> str:
+    """A fresh, sortable load id: UTC time plus randomness."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def load_landing_day(
+    es: Elasticsearch,
+    settings: Settings,
+    landing_day: dt.date,
+    *,
+    landing: LandingPath | None = None,
+    load_id: str | None = None,
+    progress: Callable[[LoadProgress], None] | None = None,
+) -> LoadReport:
+    """Load `<landing>/<landing_day>/` so the indexes hold exactly the folder's good records; return the report.
+
+    `landing` defaults to `settings.landing` (a folder or URL); pass an Airflow `ObjectStoragePath` to use a
+    connection's credentials. `load_id` must be new for every attempt (default: generated). Raises
+    `MissingLandingDay` when the folder does not exist, `TooManyRejects` (after loading the good records) when the
+    rejected share exceeds `settings.max_reject_ratio`, `ReconciliationError` when Elasticsearch's counts differ
+    from what was loaded, `LoadError` for anything else that stops the load.
+    """
+    started = time.monotonic()
+    load_id = load_id or new_load_id()
+    if not LOAD_ID.match(load_id):
+        raise ValueError(f"load id {load_id!r} must be 1-128 letters, digits or ._:+- (starting with one of the first)")
+    root = landing if landing is not None else landing_root(settings.landing)
+    files, ignored = find_day_files(root, landing_day)
+    if ignored:
+        log.warning(
+            "ignoring %d file(s) that are not *.jsonl/*.ndjson/*.csv[.gz]: %s", len(ignored), ", ".join(ignored)
+        )
+    report = LoadReport(landing_day=landing_day, load_id=load_id, files=len(files))
+    log.info("load %s of landing day %s: %d file(s) under %s", load_id, landing_day, len(files), root)
+
+    folder_prefix = f"{landing_day.isoformat()}/"
+    rejects = _RejectsFile(settings.rejects_dir / landing_day.isoformat() / f"{load_id}.jsonl")
+    ensure_template(es, settings)  # before any index is created, and current even if the mapping changed
+    try:
+        written = _write_documents(es, settings, files, load_id, report, rejects, started, progress)
+        report.rejects_file = rejects.commit()
+    finally:
+        rejects.discard()
+    assert report.read == report.loaded + report.rejected, report
+
+    alias = settings.index_prefix
+    es.indices.refresh(index=alias, ignore_unavailable=True)
+    deleted = _sweep_stale(es, alias, folder_prefix, load_id)
+    es.indices.refresh(index=alias, ignore_unavailable=True)
+    report.deleted = deleted.total()
+    touched = {name: written.get(name, 0) for name in [*written, *deleted]}
+    report.partitions = _by_partition(settings.index_prefix, touched)
+    _reconcile(es, settings, folder_prefix, load_id, report)
+
+    report.seconds = time.monotonic() - started
+    log.info("%s", report.summary())
+    if report.reject_ratio > settings.max_reject_ratio:
+        raise TooManyRejects(
+            f"{report.rejected} of {report.read} records of landing day {landing_day} were rejected "
+            f"({report.reject_ratio:.2%}, more than HITS_MAX_REJECT_RATIO={settings.max_reject_ratio:g}); "
+            f"the {report.loaded} good ones are loaded; see {report.rejects_file}",
+            report,
+        )
+    return report
+
+
+def _write_documents(
+    es: Elasticsearch,
+    settings: Settings,
+    files: list[LandingFile],
+    load_id: str,
+    report: LoadReport,
+    rejects: _RejectsFile,
+    started: float,
+    progress: Callable[[LoadProgress], None] | None,
+) -> Counter[str]:
+    """Bulk-index every good record, rejects to `rejects`; returns the documents written per index."""
+    written: Counter[str] = Counter()
+    files_done = 0
+    last_progress = started
+
+    def actions() -> Iterator[Action]:
+        nonlocal files_done
+        tz, prefix = settings.tz, settings.index_prefix
+        utc = settings.timezone == "UTC"
+        environments = frozenset(settings.environments)
+        index_of: dict[Partition, str] = {}
+        dumps, utc_z = orjson.dumps, orjson.OPT_UTC_Z
+        for file in files:
+            id_prefix = _id_prefix(file.source_file)
+            source_file = file.source_file
+            for item in parse_file(file, environments):
+                report.read += 1
+                if type(item) is Reject:
+                    report.rejected += 1
+                    rejects.write(item)
+                    continue
+                record = item.record
+                day = record.datetime.date() if utc else record.datetime.astimezone(tz).date()
+                index = index_of.get((day, record.environment))
+                if index is None:
+                    index = index_of[day, record.environment] = index_name(prefix, day, record.environment)
+                    if create_index(es, prefix, day, record.environment):
+                        log.info("created index %s", index)
+                source = {
+                    "page": record.page,
+                    "datetime": record.datetime,
+                    "user_id": record.user_id,
+                    "environment": record.environment,
+                    "source_file": source_file,
+                    "load_id": load_id,
+                }
+                yield {"index": {"_index": index, "_id": f"{id_prefix}:{item.line}"}}, dumps(source, option=utc_z)
+            files_done += 1
+
+    errors: list[dict[str, Any]] = []
+    for chunk_written, chunk_errors in _bulk(es, actions()):
+        written.update(chunk_written)
+        report.loaded += chunk_written.total()
+        errors.extend(chunk_errors)
+        now = time.monotonic()
+        snapshot = LoadProgress(files_done, len(files), report.read, report.loaded, report.rejected, now - started)
+        if progress:
+            progress(snapshot)
+        if now - last_progress >= PROGRESS_EVERY_S:
+            log.info("progress: %s", snapshot)
+            last_progress = now
+    if errors:
+        raise LoadError(
+            f"Elasticsearch refused {len(errors)} document(s); first: {_describe(errors[0])}. "
+            "Nothing was deleted; fix the cause and run the load again."
+        )
+    return written
+
+
+def _id_prefix(source_file: str) -> str:
+    """A short stable key of a source file; a document's `_id` is `<key>:<line>`, well under the 512-byte limit."""
+    digest = hashlib.blake2b(source_file.encode(), digest_size=12).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def _bulk(es: Elasticsearch, actions: Iterable[Action]) -> Iterator[tuple[Counter[str], list[dict[str, Any]]]]:
+    """Send `actions` in chunks, `BULK_THREADS` requests in flight; yield per chunk (docs done per index, errors).
+
+    Results come in the order the chunks were sent. Index and delete are idempotent here (fixed ids), so a chunk
+    whose request failed part way is simply sent again.
+    """
+    es = es.options(request_timeout=BULK_TIMEOUT_S)
+    with ThreadPoolExecutor(BULK_THREADS, thread_name_prefix="hits-bulk") as pool:
+        in_flight: deque[Future] = deque()
+        for chunk in _chunks(actions):
+            if len(in_flight) >= BULK_THREADS:
+                yield in_flight.popleft().result()
+            in_flight.append(pool.submit(_send_chunk, es, chunk))
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+def _chunks(actions: Iterable[Action]) -> Iterator[list[Action]]:
+    chunk: list[Action] = []
+    size = 0
+    for action in actions:
+        chunk.append(action)
+        size += len(action[1] or b"") + 100  # the action line is about 100 bytes
+        if len(chunk) >= CHUNK_DOCS or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _send_chunk(es: Elasticsearch, chunk: list[Action]) -> tuple[Counter[str], list[dict[str, Any]]]:
+    """One chunk through `helpers.streaming_bulk`; returns (documents done per index, refused items).
+
+    streaming_bulk retries 429 and 5xx answers with backoff, whole requests or single items; a lost connection
+    is retried here, resending the whole chunk.
+    """
+    for attempt in range(RETRIES + 1):
+        done: Counter[str] = Counter()
+        errors: list[dict[str, Any]] = []
+        try:
+            for ok, item in helpers.streaming_bulk(
+                es,
+                chunk,
+                chunk_size=len(chunk),
+                max_chunk_bytes=1 << 30,  # chunks are sized by _chunks
+                expand_action_callback=_as_is,
+                raise_on_error=False,
+                max_retries=RETRIES,
+                initial_backoff=INITIAL_BACKOFF_S,
+                max_backoff=MAX_BACKOFF_S,
+                retry_on_status=RETRY_STATUS,
+            ):
+                ((operation, result),) = item.items()
+                # Deleting what is already gone is fine: someone else's sweep or a retry got there first.
+                if ok or (operation == "delete" and result.get("status") == 404):
+                    done[result["_index"]] += 1
+                else:
+                    errors.append(item)
+            return done, errors
+        except ApiError as error:
+            raise LoadError(f"bulk request failed: {error}") from error
+        except (ESConnectionError, ConnectionTimeout) as error:
+            if attempt == RETRIES:
+                raise LoadError(f"bulk request failed after {attempt + 1} attempts: {error}") from error
+            pause = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**attempt)
+            log.warning("bulk request failed (%s); retrying in %.0fs", error, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _as_is(action: Action) -> Action:
+    return action
+
+
+def _describe(error_item: dict[str, Any]) -> str:
+    ((operation, result),) = error_item.items()
+    return f"{operation} {result.get('_index')}/{result.get('_id')}: {result.get('status')} {result.get('error')}"
+
+
+def _sweep_stale(es: Elasticsearch, alias: str, folder_prefix: str, load_id: str) -> Counter[str]:
+    """Delete every document from the landing folder written by another load; returns the deletions per index."""
+    query = {
+        "bool": {
+            "filter": [{"prefix": {"source_file": folder_prefix}}],
+            "must_not": [{"term": {"load_id": load_id}}],
+        }
+    }
+    pit = es.open_point_in_time(index=alias, keep_alive="2m", ignore_unavailable=True)["id"]
+    try:
+
+        def stale() -> Iterator[Action]:
+            nonlocal pit
+            search_after = None
+            while True:
+                page = es.search(
+                    pit={"id": pit, "keep_alive": "2m"},
+                    query=query,
+                    sort=["_shard_doc"],
+                    search_after=search_after,
+                    size=SWEEP_PAGE,
+                    source=False,
+                    track_total_hits=False,
+                )
+                pit = page.get("pit_id", pit)
+                hits = page["hits"]["hits"]
+                for hit in hits:
+                    yield {"delete": {"_index": hit["_index"], "_id": hit["_id"]}}, None
+                if len(hits) < SWEEP_PAGE:
+                    return
+                search_after = hits[-1]["sort"]
+
+        deleted: Counter[str] = Counter()
+        errors: list[dict[str, Any]] = []
+        for chunk_deleted, chunk_errors in _bulk(es, stale()):
+            deleted.update(chunk_deleted)
+            errors.extend(chunk_errors)
+        if errors:
+            raise LoadError(f"deleting {len(errors)} stale document(s) failed; first: {_describe(errors[0])}")
+    finally:
+        es.options(ignore_status=404).close_point_in_time(id=pit)
+    if deleted:
+        log.info("deleted %d stale document(s) from %s: %s", deleted.total(), folder_prefix, dict(deleted))
+    return deleted
+
+
+def _reconcile(es: Elasticsearch, settings: Settings, folder_prefix: str, load_id: str, report: LoadReport) -> None:
+    """Check Elasticsearch's counts: per partition exactly what this load wrote, and nothing else from the folder."""
+    from_folder = {"prefix": {"source_file": folder_prefix}}
+    mismatches = []
+    for (day, environment), expected in sorted(report.partitions.items()):
+        name = index_name(settings.index_prefix, day, environment)
+        query = {"bool": {"filter": [from_folder, {"term": {"load_id": load_id}}]}}
+        found = es.count(index=name, query=query)["count"]
+        if found != expected:
+            mismatches.append(f"{name}: {found} instead of {expected}")
+    total = es.count(index=settings.index_prefix, query=from_folder, ignore_unavailable=True)["count"]
+    if total != report.loaded:
+        mismatches.append(f"all indexes: {total} documents from {folder_prefix} instead of {report.loaded}")
+    if mismatches:
+        raise ReconciliationError(f"load {load_id} of {folder_prefix} does not reconcile: {'; '.join(mismatches)}")
+
+
+def _by_partition(prefix: str, per_index: Mapping[str, int]) -> dict[Partition, int]:
+    partitions: dict[Partition, int] = {}
+    for name, count in sorted(per_index.items()):
+        partition = parse_index_name(prefix, name)
+        if partition is None:  # only reachable through an alias pointing at a foreign index
+            raise LoadError(f"index {name} behind alias {prefix} is not a daily hit index")
+        partitions[partition] = count
+    return partitions
+
+
+class _RejectsFile:
+    """The load's rejects as JSON lines, written to a temporary file and put in place whole (atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.temporary = path.with_name(f".{path.name}.partial")
+        self.stream: IO[bytes] | None = None
+
+    def write(self, reject: Reject) -> None:
+        if self.stream is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
+        self.stream.write(orjson.dumps(reject._asdict()) + b"\n")
+
+    def commit(self) -> Path | None:
+        """Put the file in place; None when nothing was rejected."""
+        if self.stream is None:
+            return None
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        self.stream = None
+        os.replace(self.temporary, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Drop an unfinished file (the load failed before commit)."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+            self.temporary.unlink(missing_ok=True)

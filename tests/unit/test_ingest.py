@@ -1,0 +1,241 @@
+import datetime as dt
+import gzip
+import io
+
+import orjson
+import pytest
+from hitmetrics import ingest
+from hitmetrics.ingest import (
+    LandingFile,
+    MissingLandingDay,
+    ParsedHit,
+    Reject,
+    find_day_files,
+    landing_root,
+    parse_file,
+)
+from upath import UPath
+
+ENVS = frozenset({"production", "staging", "development"})
+DAY = dt.date(2026, 11, 25)
+
+
+def line(**overrides) -> bytes:
+    raw = {"page": "/home", "datetime": "2026-11-25T10:15:00Z", "user_id": 42, "environment": "production"}
+    raw.update(overrides)
+    return orjson.dumps(raw)
+
+
+def parse(tmp_path, name: str, data: bytes) -> list[ParsedHit | Reject]:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    return list(parse_file(LandingFile(path, f"{DAY}/{name}"), ENVS))
+
+
+def split(items):
+    return [i for i in items if isinstance(i, ParsedHit)], [i for i in items if isinstance(i, Reject)]
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.ndjson", "a.jsonl.gz", "a.ndjson.gz"])
+def test_json_lines_good_bad_and_blank(tmp_path, name):
+    data = b"\n".join(
+        [
+            line(),
+            b"",
+            b"   ",
+            line(user_id=-1),
+            b'{"page": "/x"',
+            b"[1, 2]",
+            b'{"page": "/caf\xe9", "datetime": "2026-11-25T10:15:00Z", "user_id": 1, "environment": "production"}',
+            line(page="/second", extra={"nested": True}),
+        ]
+    )
+    good, rejects = split(parse(tmp_path, name, data + b"\r\n"))
+    assert [(g.line, g.record.page, g.source_file) for g in good] == [
+        (1, "/home", f"{DAY}/{name}"),
+        (8, "/second", f"{DAY}/{name}"),
+    ]
+    assert [(r.line, r.reason.split(":")[0]) for r in rejects] == [
+        (4, "user_id -1 is outside 0..2147483647"),
+        (5, "invalid JSON"),
+        (6, "not a JSON object"),
+        (7, "invalid JSON"),  # invalid UTF-8 is a reject, not a crash
+    ]
+    assert rejects[1].raw == '{"page": "/x"'
+    assert rejects[3].raw.startswith('{"page": "/caf\\xe9"')
+
+
+def test_two_identical_lines_are_two_hits(tmp_path):
+    good, rejects = split(parse(tmp_path, "a.jsonl", line() + b"\n" + line() + b"\n"))
+    assert [g.line for g in good] == [1, 2] and not rejects
+    assert good[0].record == good[1].record
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    good, _ = split(parse(tmp_path, "a.jsonl", b"\xef\xbb\xbf" + line()))
+    assert len(good) == 1
+
+
+def test_csv_with_header_in_any_column_order(tmp_path):
+    data = (
+        b"user_id,environment,page,datetime,ignored\n"
+        b'42,production,"/a,b",2026-11-25T10:15:00Z,x\n'
+        b"\n"
+        b'7,staging,"/multi\nline",2026-11-25T11:00:00+01:00,y\n'
+        b"4.2,staging,/c,2026-11-25T11:00:00Z,z\n"
+        b"true,staging,/d,2026-11-25T11:00:00Z,z\n"
+        b"1,staging,/e\n"
+        b"1,qa,/f,2026-11-25T11:00:00Z,z\n"
+    )
+    for name in ["h.csv", "h.csv.gz"]:
+        good, rejects = split(parse(tmp_path, name, data))
+        assert [(g.line, g.record.page, g.record.user_id) for g in good] == [(2, "/a,b", 42), (4, "/multi\nline", 7)]
+        assert good[1].record.datetime == dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC)
+        assert [(r.line, r.reason) for r in rejects] == [
+            (6, "user_id '4.2' is not an integer"),
+            (7, "user_id 'true' is not an integer"),
+            (8, "3 fields where the header has 5"),
+            (9, "environment 'qa' is not one of development, production, staging"),
+        ]
+        assert rejects[0].raw == "4.2,staging,/c,2026-11-25T11:00:00Z,z"
+
+
+def test_csv_without_the_header_rejects_every_line(tmp_path):
+    data = b"/home,2026-11-25T10:15:00Z,42,production\n\n/x,2026-11-25T10:15:00Z,1,production\n"
+    good, rejects = split(parse(tmp_path, "no-header.csv", data))
+    assert not good
+    assert [r.line for r in rejects] == [1, 3]  # the header-less first line was probably a record too
+    assert all("not a CSV header naming page, datetime, user_id, environment" in r.reason for r in rejects)
+
+
+def test_csv_invalid_utf8_and_bad_quoting_are_rejects(tmp_path):
+    data = (
+        b"page,datetime,user_id,environment\n"
+        b"/caf\xe9,2026-11-25T10:15:00Z,1,production\n"
+        b'"/a"b,2026-11-25T10:15:00Z,1,production\n'
+        b"/ok,2026-11-25T10:15:00Z,1,production\n"
+    )
+    good, rejects = split(parse(tmp_path, "u.csv", data))
+    assert [g.line for g in good] == [4]
+    assert [(r.line, r.reason.split(":")[0]) for r in rejects] == [(2, "not valid UTF-8"), (3, "invalid CSV")]
+    assert rejects[0].raw.startswith("/caf\\xe9")
+
+
+def test_an_empty_file_has_no_records(tmp_path):
+    assert parse(tmp_path, "e.jsonl", b"") == []
+    assert parse(tmp_path, "e.csv", b"page,datetime,user_id,environment\n") == []
+
+
+def test_overlong_lines_are_rejected_without_reading_them_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_LINE_BYTES", 200)
+    long_json = line(page="/" + "x" * 500)
+    good, rejects = split(parse(tmp_path, "l.jsonl", long_json + b"\n" + line() + b"\n"))
+    assert [g.line for g in good] == [2]
+    assert [(r.line, r.reason) for r in rejects] == [(1, "line is longer than 200 bytes")]
+    long_csv = b'"/' + b"x" * 500 + b",2026-11-25T10:15:00Z,1,production\n"
+    header = b"page,datetime,user_id,environment\n"
+    good, rejects = split(parse(tmp_path, "l.csv", header + long_csv + b"/ok,2026-11-25T10:15:00Z,1,production\n"))
+    assert [g.line for g in good] == [3]
+    assert [(r.line, r.reason) for r in rejects] == [(2, "line is longer than 200 bytes")]
+
+
+def test_a_truncated_gzip_file_keeps_its_good_lines_and_rejects_the_rest(tmp_path):
+    data = gzip.compress(b"\n".join(line(user_id=i) for i in range(2000)) + b"\n")
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    good, rejects = split(list(parse_file(LandingFile(path, "t.jsonl.gz"), ENVS)))
+    assert len(good) > 0
+    assert len(rejects) == 1
+    assert rejects[0].line == good[-1].line + 1
+    assert "the rest of the file is unreadable" in rejects[0].reason
+
+
+def test_a_file_that_is_not_gzip_despite_its_name(tmp_path):
+    path = tmp_path / "n.jsonl.gz"
+    path.write_bytes(line())
+    (reject,) = parse_file(LandingFile(path, "n.jsonl.gz"), ENVS)
+    assert reject.line == 1 and "unreadable" in reject.reason
+
+
+def make_day(root) -> None:
+    folder = root / DAY.isoformat()
+    for relative in ["b.jsonl", "a/deep/er/c.csv.gz", "a/d.ndjson", "README.md", "a/_SUCCESS"]:
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+EXPECTED_FILES = [f"{DAY}/a/d.ndjson", f"{DAY}/a/deep/er/c.csv.gz", f"{DAY}/b.jsonl"]
+EXPECTED_IGNORED = [f"{DAY}/README.md", f"{DAY}/a/_SUCCESS"]
+
+
+def test_find_day_files_at_any_depth(tmp_path):
+    make_day(tmp_path)
+    (tmp_path / "2026-11-24").mkdir()
+    (tmp_path / "2026-11-24" / "other-day.jsonl").write_bytes(b"")
+    files, ignored = find_day_files(tmp_path, DAY)
+    assert [f.source_file for f in files] == EXPECTED_FILES
+    assert ignored == EXPECTED_IGNORED
+    assert [f.is_csv for f in files] == [False, True, False]
+    assert [f.is_gzip for f in files] == [False, True, False]
+
+
+def test_find_day_files_through_a_url(tmp_path):
+    root = UPath(f"memory://landing-{tmp_path.name}")
+    make_day(root)
+    files, ignored = find_day_files(root, DAY)
+    assert [f.source_file for f in files] == EXPECTED_FILES
+    assert ignored == EXPECTED_IGNORED
+    (root / EXPECTED_FILES[2]).write_bytes(line() + b"\n")
+    assert [item.record.page for item in parse_file(files[2], ENVS)] == ["/home"]
+
+
+class IterdirOnly:
+    """A pathlib-like object without rglob, as some object-store paths are."""
+
+    def __init__(self, path):
+        self.path = path
+        self.name = path.name
+
+    def __truediv__(self, other):
+        return IterdirOnly(self.path / other)
+
+    def is_dir(self):
+        return self.path.is_dir()
+
+    def iterdir(self):
+        return (IterdirOnly(child) for child in self.path.iterdir())
+
+    def open(self, mode):
+        return self.path.open(mode)
+
+
+def test_find_day_files_with_iterdir_only(tmp_path):
+    make_day(tmp_path)
+    files, ignored = find_day_files(IterdirOnly(tmp_path), DAY)
+    assert [f.source_file for f in files] == EXPECTED_FILES
+    assert ignored == EXPECTED_IGNORED
+
+
+def test_a_missing_day_folder_names_the_path(tmp_path):
+    with pytest.raises(MissingLandingDay, match=f"{tmp_path}/2026-11-25 does not exist"):
+        find_day_files(tmp_path, DAY)
+
+
+def test_landing_root_local_folder_or_url(tmp_path):
+    assert landing_root(str(tmp_path)) == tmp_path
+    assert isinstance(landing_root("memory://bucket/landing"), UPath)
+    assert isinstance(landing_root(f"file://{tmp_path}"), UPath)
+
+
+def test_parsing_streams():
+    """A file is read line by line: the first record comes out before the stream is consumed."""
+    stream = io.BytesIO(line() + b"\n" + line() + b"\n")
+
+    class OneShot:
+        def open(self, mode):
+            return stream
+
+    records = parse_file(LandingFile(OneShot(), "s.jsonl"), ENVS)
+    next(records)
+    assert stream.tell() < len(stream.getvalue())

@@ -1,0 +1,121 @@
+import dataclasses
+import datetime as dt
+
+import pytest
+from hitmetrics.model import MAX_PAGE_LENGTH, Hit, HitRecord, InvalidHit, validate_hit, validate_text_hit
+
+ENVS = ("production", "staging", "development")
+
+
+def hit(**overrides):
+    raw = {"page": "/home", "datetime": "2026-11-25T10:15:00Z", "user_id": 42, "environment": "production"}
+    raw.update(overrides)
+    return {key: value for key, value in raw.items() if value is not ...}
+
+
+def reason(raw, validate=validate_hit):
+    with pytest.raises(InvalidHit) as caught:
+        validate(raw, ENVS)
+    return str(caught.value)
+
+
+def test_a_valid_hit_becomes_a_utc_record():
+    record = validate_hit(hit(extra="ignored"), ENVS)
+    assert record == HitRecord("/home", dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC), 42, "production")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-25T10:15:00", dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC)),  # no offset means UTC
+        ("2026-11-25T11:15:00+01:00", dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC)),
+        ("2026-11-25 10:15:00.123456Z", dt.datetime(2026, 11, 25, 10, 15, 0, 123456, tzinfo=dt.UTC)),
+        ("2026-11-26T00:15:00+14:00", dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC)),
+    ],
+)
+def test_datetimes_are_iso_8601_and_normalized_to_utc(text, expected):
+    record = validate_hit(hit(datetime=text), ENVS)
+    assert record.datetime == expected
+    assert record.datetime.utcoffset() == dt.timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"page": ...}, "page is missing"),
+        ({"page": ""}, "page must be a non-empty string"),
+        ({"page": 7}, "page must be a non-empty string"),
+        ({"page": "/" * (MAX_PAGE_LENGTH + 1)}, f"page is longer than {MAX_PAGE_LENGTH} characters"),
+        ({"datetime": ...}, "datetime is missing"),
+        ({"datetime": "2026-13-45T99:00:00Z"}, "is not an ISO-8601 date and time"),
+        ({"datetime": "2026-11-25"}, "has no time of day"),
+        ({"datetime": 1764065700}, "is not an ISO-8601 string"),
+        ({"datetime": "0001-01-01T00:00:00+01:00"}, "is outside the years 1000 to 9998"),
+        ({"datetime": "9999-12-31T23:00:00"}, "is outside the years 1000 to 9998"),
+        ({"user_id": ...}, "user_id is missing"),
+        ({"user_id": True}, "user_id True is not an integer"),
+        ({"user_id": 12.5}, "user_id 12.5 is not an integer"),
+        ({"user_id": 12.0}, "user_id 12.0 is not an integer"),
+        ({"user_id": "42"}, "user_id '42' is not an integer"),
+        ({"user_id": -3}, "user_id -3 is outside 0..2147483647"),
+        ({"user_id": 2**31}, "user_id 2147483648 is outside 0..2147483647"),
+        ({"environment": ...}, "environment is missing"),
+        ({"environment": "qa"}, "environment 'qa' is not one of development, production, staging"),
+        ({"environment": "Production"}, "is not one of"),
+        ({"environment": ["production"]}, "is not one of"),
+    ],
+)
+def test_invalid_hits_say_why(overrides, expected):
+    assert expected in reason(hit(**overrides))
+
+
+def test_every_problem_of_a_record_is_named():
+    assert reason({"page": "", "user_id": None}) == (
+        "page must be a non-empty string; datetime is missing; user_id None is not an integer; environment is missing"
+    )
+
+
+def test_limits_are_inclusive():
+    record = validate_hit(hit(page="p" * MAX_PAGE_LENGTH, user_id=2**31 - 1), ENVS)
+    assert len(record.page) == MAX_PAGE_LENGTH
+    assert validate_hit(hit(user_id=0), ENVS).user_id == 0
+
+
+@pytest.mark.parametrize(("text", "value"), [("42", 42), (" 42 ", 42), ("0", 0), ("2147483647", 2**31 - 1)])
+def test_text_user_ids_that_are_integers(text, value):
+    assert validate_text_hit(hit(user_id=text), ENVS).user_id == value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4.2", "user_id '4.2' is not an integer"),
+        ("true", "user_id 'true' is not an integer"),
+        ("", "user_id '' is not an integer"),
+        ("1_000", "user_id '1_000' is not an integer"),
+        ("٤٢", "is not an integer"),  # Arabic-Indic digits: int() would accept them
+        ("-3", "user_id -3 is outside 0..2147483647"),
+    ],
+)
+def test_text_user_ids_that_are_not_valid(text, expected):
+    assert expected in reason(hit(user_id=text), validate_text_hit)
+
+
+def test_hit_record_is_frozen_and_slotted():
+    record = validate_hit(hit(), ENVS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.page = "/other"  # type: ignore[misc]
+    assert not hasattr(record, "__dict__")
+
+
+def test_hit_document_mapping_is_strict_with_lineage():
+    mapping = Hit._doc_type.mapping.to_dict()
+    assert mapping["dynamic"] == "strict"
+    assert {name: field["type"] for name, field in mapping["properties"].items()} == {
+        "page": "keyword",
+        "datetime": "date",
+        "user_id": "integer",
+        "environment": "keyword",
+        "source_file": "keyword",
+        "load_id": "keyword",
+    }
