@@ -1,8 +1,12 @@
 # The common commands. Each one sets up what it needs first (scripts/setup.sh is idempotent).
 PY := .venv/bin/python
 PORT ?= 9200
+AIRFLOW_PORT ?= 8080
 
-.PHONY: setup test lint run node-start node-status node-stop clean-data
+.PHONY: setup test lint run node-start node-status node-stop airflow
+
+run: setup ## the main job: a sample day through the whole chain on the embedded defaults
+	$(PY) -m tools.main_job
 
 setup:
 	@scripts/setup.sh
@@ -22,3 +26,6 @@ node-status:
 
 node-stop:
 	@$(PY) -m tools.esnode stop
+
+airflow: setup ## local Airflow (standalone) on 127.0.0.1:$(AIRFLOW_PORT) with hitmetrics' DAGs and yesterday's sample day
+	$(PY) -m tools.airflowlocal --port $(AIRFLOW_PORT) --sample-day yesterday

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what hitmetrics needs on a fresh Debian machine, idempotently: a JDK, Maven and PostgreSQL from
+# Installs what hitmetrics needs on a fresh Debian machine, idempotently: a JDK, Maven, PostgreSQL and Chromium from
 # Debian's packages when missing, the Python virtualenv (.venv) with the pinned requirements, and the local
 # Elasticsearch node's jars. Safe to run again; it does only what is missing.
 set -euo pipefail
@@ -9,9 +9,8 @@ need=()
 command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-if [ "${HITS_SETUP_BROWSER:-0}" = 1 ]; then
-  command -v chromium >/dev/null 2>&1 || need+=(chromium)
-fi
+# Debian's chromium for the end-to-end browser tests (Playwright drives it; no browser is downloaded).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

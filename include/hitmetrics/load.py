@@ -153,12 +153,14 @@ def load_landing_day(
     landing: LandingPath | None = None,
     load_id: str | None = None,
     progress: Callable[[LoadProgress], None] | None = None,
+    missing_ok: bool = False,
 ) -> LoadReport:
     """Load `<landing>/<landing_day>/` so the indexes hold exactly the folder's good records; return the report.
 
     `landing` defaults to `settings.landing` (a folder or URL); pass an Airflow `ObjectStoragePath` to use a
     connection's credentials. `load_id` must be new for every attempt (default: generated). Raises
-    `MissingLandingDay` when the folder does not exist, `TooManyRejects` (after loading the good records) when the
+    `MissingLandingDay` when the folder does not exist (with `missing_ok`, a removed folder loads as empty, which
+    deletes everything it contributed), `TooManyRejects` (after loading the good records) when the
     rejected share exceeds `settings.max_reject_ratio`, `ReconciliationError` when Elasticsearch's counts differ
     from what was loaded, `LoadError` for anything else that stops the load.
     """
@@ -167,7 +169,13 @@ def load_landing_day(
     if not LOAD_ID.match(load_id):
         raise ValueError(f"load id {load_id!r} must be 1-128 letters, digits or ._:+- (starting with one of the first)")
     root = landing if landing is not None else landing_root(settings.landing)
-    files, ignored = find_day_files(root, landing_day)
+    try:
+        files, ignored = find_day_files(root, landing_day)
+    except MissingLandingDay:
+        if not missing_ok:
+            raise
+        log.warning("landing day %s is gone: removing everything it contributed", landing_day)
+        files, ignored = [], []
     if ignored:
         log.warning(
             "ignoring %d file(s) that are not *.jsonl/*.ndjson/*.csv[.gz]: %s", len(ignored), ", ".join(ignored)

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from elasticsearch import ApiError, Elasticsearch, helpers
+
 from hitmetrics import indexes
 from hitmetrics.aggregate import (
     EnvBucket,

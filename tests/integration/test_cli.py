@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
 from hitmetrics import cli
 
 SCRIPT = Path(sys.executable).with_name("hitmetrics")

@@ -2,6 +2,7 @@ import datetime as dt
 
 import pytest
 from elasticsearch import BadRequestError
+
 from hitmetrics.config import Settings
 from hitmetrics.indexes import create_indexes, delete_expired_indexes, ensure_template, hit_indexes, template_name
 

@@ -6,6 +6,8 @@ import orjson
 import pytest
 from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch import Elasticsearch
+from upath import UPath
+
 from hitmetrics import load
 from hitmetrics.config import Settings
 from hitmetrics.load import (
@@ -15,7 +17,6 @@ from hitmetrics.load import (
     TooManyRejects,
     load_landing_day,
 )
-from upath import UPath
 
 DAY = dt.date(2026, 11, 25)
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from elasticsearch import Elasticsearch, helpers
+
 from hitmetrics import query as q
 from hitmetrics.config import Settings
 from hitmetrics.indexes import create_indexes, index_name, local_day

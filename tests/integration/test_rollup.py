@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch, helpers
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
 from hitmetrics import indexes
 from hitmetrics.aggregate import (
     ChecksFailed,
@@ -38,8 +41,6 @@ from hitmetrics.rollup import (
     record_load,
     replace_partition,
 )
-from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 BERLIN = "Europe/Berlin"
 DAY = dt.date(2026, 3, 29)  # 23 hours long in Berlin

@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 
 import pytest
+
 from hitmetrics.aggregate import (
     ChecksFailed,
     EnvBucket,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hitmetrics.connect import ConnectError, connect, describe_error, node_url, redact_url
 
 

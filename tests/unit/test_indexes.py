@@ -2,6 +2,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from hitmetrics.config import Settings
 from hitmetrics.indexes import index_name, index_template, local_day, parse_index_name, template_name
 from hitmetrics.model import Hit

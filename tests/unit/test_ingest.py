@@ -4,6 +4,8 @@ import io
 
 import orjson
 import pytest
+from upath import UPath
+
 from hitmetrics import ingest
 from hitmetrics.ingest import (
     LandingFile,
@@ -14,7 +16,6 @@ from hitmetrics.ingest import (
     landing_root,
     parse_file,
 )
-from upath import UPath
 
 ENVS = frozenset({"production", "staging", "development"})
 DAY = dt.date(2026, 11, 25)

@@ -2,6 +2,7 @@ import dataclasses
 import datetime as dt
 
 import pytest
+
 from hitmetrics.model import MAX_PAGE_LENGTH, Hit, HitRecord, InvalidHit, validate_hit, validate_text_hit
 
 ENVS = ("production", "staging", "development")

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+
 from hitmetrics import query as q
 from hitmetrics.config import Settings
 from hitmetrics.model import HitRecord

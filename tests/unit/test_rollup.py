@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlalchemy.dialects import postgresql, sqlite
+
 from hitmetrics.aggregate import EnvBucket, PartitionAggregates
 from hitmetrics.rollup import UtcDateTime, engine_for, metadata, record_load, replace_partition
-from sqlalchemy.dialects import postgresql, sqlite
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "rollups.md"
 

@@ -1,0 +1,116 @@
+"""
+### Hit metrics, nightly
+
+Loads one landing day of page-hit logs into the daily environment indexes, aggregates every touched
+(day, environment) in 30-minute buckets in Elasticsearch, and publishes the rollup tables that BI reads.
+
+**Stages**: `create_indexes` → `load_hits` → `aggregate_30m` → `write_rollups`.
+
+**Trigger with parameters** (Trigger DAG → advanced):
+- `day`: the landing folder `<HITS_LANDING>/<day>/` to load; empty means the local day before the run.
+- `environments`: whose rollups to recompute; empty means all of `HITS_ENVIRONMENTS`. The load always covers the
+  whole folder, so re-runs stay exact.
+- `full_reload`: also when the day's folder is gone: remove everything it contributed. Without it a missing
+  folder fails the run (a late shipper must not wipe a day).
+
+Every load replaces exactly what the folder contributes (corrected and removed files included): re-running a
+day, a backfill (`airflow backfill create --dag-id hits_nightly ...`) or a retry always ends with exactly the
+folder's records in Elasticsearch. Too many rejected records fail `load_hits` after the good ones are
+loaded, naming the rejects file. Connections: `hits_elasticsearch`, `hits_rollups`.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+from hitmetrics_airflow import DEFAULT_ARGS
+
+DAG_ID = "hits_nightly"
+SCHEDULE = "30 1 * * *"  # after the day's last log files have landed
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+TAGS = ["hitmetrics", "elasticsearch", "rollups"]
+
+PARAMS = {
+    "day": Param(None, type=["null", "string"], format="date", title="Landing day",
+                 description="YYYY-MM-DD; empty: the day before the run"),
+    "environments": Param([], type="array", items={"type": "string"}, title="Environments",
+                          description="One per line; empty: every configured environment"),
+    "full_reload": Param(False, type="boolean", title="Full reload",
+                         description="Also when the day's folder was removed: delete what it contributed"),
+}  # fmt: skip
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=SCHEDULE,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=TAGS,
+    params=PARAMS,
+    doc_md=__doc__,
+)
+def hits_nightly():
+    @task(multiple_outputs=False)
+    def create_indexes() -> dict:
+        """Resolve the run's day and environments, and create the day's indexes ahead of the load."""
+        from hitmetrics import pipeline
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import elasticsearch_client
+
+        context = get_current_context()
+        settings = load_settings()
+        plan = pipeline.plan_run(
+            settings,
+            requested_day=context["params"]["day"],
+            run_after=context["dag_run"].run_after,
+            environments=context["params"]["environments"],
+            full_reload=context["params"]["full_reload"],
+        )
+        pipeline.prepare_indexes(elasticsearch_client(settings), settings, plan)
+        return pipeline.asdict(plan)
+
+    @task(multiple_outputs=False)
+    def load_hits(plan: dict) -> dict:
+        """Parse, validate and bulk-load the landing folder; rejects go to the rejects file."""
+        from hitmetrics import pipeline
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import elasticsearch_client, landing_root, rollups_url
+
+        settings = load_settings()
+        run = pipeline.RunPlan(**plan)
+        try:
+            report = pipeline.load_day(elasticsearch_client(settings), settings, run, landing_root(settings))
+        except pipeline.TooManyRejects as error:
+            pipeline.record_failed_load(rollups_url(settings), error.report)
+            raise
+        return pipeline.report_dict(report)
+
+    @task
+    def aggregate_30m(plan: dict, load_report: dict) -> list[str]:
+        """30-minute and daily hits and unique users per page and environment, computed in Elasticsearch."""
+        from hitmetrics import pipeline
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import elasticsearch_client
+
+        settings = load_settings()
+        run = pipeline.RunPlan(**plan)
+        return pipeline.aggregate_partitions(elasticsearch_client(settings), settings, run, load_report)
+
+    @task
+    def write_rollups(staging_files: list[str], load_report: dict) -> list[dict]:
+        """Replace each partition's rows in the rollup tables in one transaction."""
+        from hitmetrics import pipeline
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import rollups_url
+
+        return pipeline.publish_rollups(rollups_url(load_settings()), staging_files, load_report)
+
+    plan = create_indexes()
+    report = load_hits(plan)
+    write_rollups(aggregate_30m(plan, report), report)
+
+
+hits_nightly()

@@ -1,0 +1,155 @@
+"""One function per DAG task: the run-level orchestration of the stages, free of Airflow.
+
+A run loads one landing day's folder, then recomputes the rollups of every (day, environment) partition that the
+load touched, whichever day the hits fell on. The DAG passes small, JSON-friendly values between tasks; the
+aggregated rows travel in staging files because they are too big for XCom.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
+from hitmetrics import aggregate, indexes, rollup
+from hitmetrics.config import ConfigError, Settings
+from hitmetrics.load import LoadProgress, LoadReport, TooManyRejects, load_landing_day
+
+__all__ = ["RunPlan", "TooManyRejects", "asdict", "plan_run"]
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 10
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run does: the landing day it loads and the environments whose rollups it publishes."""
+
+    landing_day: str
+    environments: list[str]
+    full_reload: bool
+
+
+def plan_run(
+    settings: Settings,
+    *,
+    requested_day: str | None,
+    run_after: dt.datetime,
+    environments: Sequence[str] | None = None,
+    full_reload: bool = False,
+) -> RunPlan:
+    """Resolve a run's parameters: an empty day means the local day before `run_after` (the nightly default)."""
+    if requested_day:
+        try:
+            day = dt.date.fromisoformat(requested_day)
+        except ValueError as error:
+            raise ConfigError(f"day: {requested_day!r} is not a date (YYYY-MM-DD)") from error
+    else:
+        day = run_after.astimezone(settings.tz).date() - dt.timedelta(days=1)
+    chosen = [env.strip() for env in environments or [] if env.strip()] or list(settings.environments)
+    unknown = sorted(set(chosen) - set(settings.environments))
+    if unknown:
+        raise ConfigError(
+            f"environments: {', '.join(unknown)} not in HITS_ENVIRONMENTS ({', '.join(settings.environments)})"
+        )
+    return RunPlan(landing_day=day.isoformat(), environments=chosen, full_reload=full_reload)
+
+
+def prepare_indexes(es: Elasticsearch, settings: Settings, plan: RunPlan) -> list[str]:
+    """The template and the indexes of the landing day and the day after (hits near midnight spill over)."""
+    day = dt.date.fromisoformat(plan.landing_day)
+    return indexes.create_indexes(es, settings, [day, day + dt.timedelta(days=1)])
+
+
+def load_day(es: Elasticsearch, settings: Settings, plan: RunPlan, landing: Any) -> LoadReport:
+    """Load the plan's landing folder, logging progress at most every few seconds.
+
+    Each attempt gets a fresh load id, so a retry after a cut-off load still ends exact. A full reload accepts a
+    folder that is gone and removes everything it contributed; otherwise a missing folder fails.
+    """
+    last = time.monotonic()
+
+    def progress(state: LoadProgress) -> None:
+        nonlocal last
+        if time.monotonic() - last >= PROGRESS_EVERY_S:
+            last = time.monotonic()
+            log.info("loading %s: %s", plan.landing_day, state)
+
+    return load_landing_day(
+        es, settings, dt.date.fromisoformat(plan.landing_day), landing=landing, progress=progress,
+        missing_ok=plan.full_reload,
+    )  # fmt: skip
+
+
+def report_dict(report: LoadReport) -> dict[str, Any]:
+    """A load report as JSON-friendly values, for XCom and the `hits_loads` table."""
+    values = asdict(report)
+    values["partitions"] = [[day.isoformat(), env, count] for (day, env), count in report.partitions.items()]
+    return {key: str(value) if isinstance(value, dt.date | Path) else value for key, value in values.items()}
+
+
+def record_failed_load(database_url: str, report: LoadReport) -> None:
+    """Record a load that failed its reject ratio, so the figures and the rejects file are visible to BI."""
+    engine = rollup.engine_for(database_url)
+    rollup.create_tables(engine)
+    rollup.record_load(engine, report_dict(report))
+
+
+def aggregate_partitions(
+    es: Elasticsearch, settings: Settings, plan: RunPlan, load_report: dict[str, Any]
+) -> list[str]:
+    """Aggregate each partition the load touched, of the plan's environments; returns the staging files."""
+    staging = settings.data_dir / "staging" / load_report["load_id"]
+    paths = []
+    for day_text, environment, _count in sorted(load_report["partitions"]):
+        if environment not in plan.environments:
+            continue
+        day = dt.date.fromisoformat(day_text)
+        index = indexes.index_name(settings.index_prefix, day, environment)
+        aggs = aggregate.aggregate_partition(es, index, day, environment, settings.timezone)
+        paths.append(str(aggregate.write_aggregates(aggs, staging / f"{day_text}-{environment}.ndjson.gz")))
+        log.info("%s %s: %d hits in %d pages", day_text, environment, aggs.es_count, len(aggs.by_page_daily))
+    return paths
+
+
+def publish_rollups(database_url: str, staging_files: Sequence[str], load_report: dict[str, Any]) -> list[dict]:
+    """Check and replace each partition's rollup rows atomically, and record the load; returns a summary.
+
+    A partition whose checks fail (30-minute sum, daily hits and Elasticsearch count disagree) keeps its previous
+    rows; the failed check is recorded in `hits_checks` and the run fails.
+    """
+    engine = rollup.engine_for(database_url)
+    rollup.create_tables(engine)
+    rollup.record_load(engine, load_report)
+    summary = []
+    for path in staging_files:
+        aggs = aggregate.read_aggregates(Path(path))
+        rollup.publish_partition(engine, aggs)
+        summary.append({"day": aggs.day.isoformat(), "environment": aggs.environment, "hits": aggs.es_count})
+        log.info("published %s %s: %d hits", aggs.day, aggs.environment, aggs.es_count)
+    for path in staging_files:
+        Path(path).unlink(missing_ok=True)
+    return summary
+
+
+def create_upcoming_indexes(
+    es: Elasticsearch, settings: Settings, run_after: dt.datetime, days_ahead: int
+) -> list[str]:
+    """Today's and the next `days_ahead` days' indexes in the reporting time zone; returns those created now."""
+    today = run_after.astimezone(settings.tz).date()
+    created = indexes.create_indexes(es, settings, [today + dt.timedelta(days=n) for n in range(days_ahead + 1)])
+    log.info("created %d index(es): %s", len(created), ", ".join(created) or "all existed")
+    return created
+
+
+def delete_expired(es: Elasticsearch, settings: Settings, run_after: dt.datetime) -> list[str]:
+    """Apply `HITS_RETENTION_DAYS` (unset: keep everything); returns the deleted indexes."""
+    deleted = indexes.delete_expired_indexes(es, settings, run_after.astimezone(settings.tz).date())
+    log.info("deleted %d expired index(es): %s", len(deleted), ", ".join(deleted) or "none")
+    return deleted

@@ -1,0 +1,81 @@
+"""Airflow glue for hitmetrics: clients and database URLs from Airflow connections, with embedded defaults.
+
+The only place besides the DAG files that knows Airflow. Connections: `hits_elasticsearch` (type elasticsearch,
+with a port) and `hits_rollups` (any SQLAlchemy-capable database). When one is not defined, hitmetrics falls back to
+`HITS_ES_URL` / `HITS_ROLLUPS_URL` (the local node and a SQLite file by default) and says so in the task log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hitmetrics.config import ES_CONN_ID, ROLLUPS_CONN_ID, Settings
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
+log = logging.getLogger(__name__)
+
+
+def _connection(conn_id: str) -> Any | None:
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def elasticsearch_client(settings: Settings) -> Elasticsearch:
+    """A client for the `hits_elasticsearch` connection, or for `HITS_ES_URL` when it is not defined."""
+    if _connection(ES_CONN_ID) is not None:
+        from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchSQLHook
+
+        return ElasticsearchSQLHook(elasticsearch_conn_id=ES_CONN_ID).get_conn().es.options(request_timeout=120)
+    from elasticsearch import Elasticsearch
+
+    log.info("Connection %s is not defined: using %s", ES_CONN_ID, settings.es_url)
+    return Elasticsearch(settings.es_url, request_timeout=120)
+
+
+def rollups_url(settings: Settings) -> str:
+    """SQLAlchemy URL of the `hits_rollups` connection, or of `HITS_ROLLUPS_URL` / the SQLite default."""
+    conn = _connection(ROLLUPS_CONN_ID)
+    if conn is None:
+        _log_default_once(settings.rollups_database_url)
+        return settings.rollups_database_url
+    return conn.get_uri()
+
+
+@functools.cache
+def _log_default_once(url: str) -> None:
+    # Once per process: the UI page asks on every request. Never log a password that the URL may carry.
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    log.info("Connection %s is not defined: using %s", ROLLUPS_CONN_ID, shown)
+
+
+def landing_root(settings: Settings) -> Any:
+    """The landing location: a local folder, or an ObjectStoragePath for URLs (s3://, gs://, file://)."""
+    if "://" in settings.landing:
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(settings.landing)
+    return Path(settings.landing)
+
+
+# One policy for every hitmetrics DAG (tests/dags/test_dag_policy.py enforces it).
+DAG_OWNER = "hitmetrics"
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": DAG_OWNER,
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=10),
+}

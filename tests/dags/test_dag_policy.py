@@ -1,0 +1,59 @@
+"""One policy for every DAG: it imports cleanly and cheaply, has an owner, retries, tags, max_active_runs and docs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+TASK_ID = r"^[a-z]+(_[a-z0-9]+)+$"  # verb_noun
+
+
+def test_no_import_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert {"hits_nightly", "hits_indexes"} <= set(dagbag.dag_ids)
+
+
+@pytest.mark.parametrize("dag_id", ["hits_nightly", "hits_indexes"])
+def test_policy(dagbag, dag_id: str) -> None:
+    import re
+
+    dag = dagbag.get_dag(dag_id)
+    assert dag.tags and "hitmetrics" in dag.tags
+    assert dag.max_active_runs == 1
+    assert dag.doc_md and len(dag.doc_md) > 200
+    for task in dag.tasks:
+        assert task.owner == "hitmetrics", task.task_id
+        assert task.retries >= 2, task.task_id
+        assert re.match(TASK_ID, task.task_id), task.task_id
+
+
+def test_nightly_stages_are_separate_tasks(dagbag) -> None:
+    dag = dagbag.get_dag("hits_nightly")
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "create_indexes",
+        "load_hits",
+        "aggregate_30m",
+        "write_rollups",
+    ]
+    assert set(dag.params) == {"day", "environments", "full_reload"}
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))
+def test_parsing_is_cheap(dag_file: str) -> None:
+    """No connections, network or heavy imports at parse time: elasticsearch, pandas and sqlalchemy stay unloaded."""
+    probe = (
+        "import sys, runpy; sys.path[:0] = [{dags!r}, {plugins!r}]; "
+        "runpy.run_path({path!r}); "
+        "heavy = ('elasticsearch', 'pandas', 'hitmetrics.load', 'hitmetrics.rollup'); "
+        "print('IMPORTED=' + ','.join(m for m in heavy if m in sys.modules))"
+    ).format(dags=str(DAGS), plugins=str(DAGS.parent / "plugins"), path=str(DAGS / dag_file))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    imported = done.stdout.strip().rsplit("IMPORTED=", 1)[-1]
+    assert imported == "", f"{dag_file} imports {imported} at parse time"
+    assert time.monotonic() - started < 60

@@ -1,0 +1,123 @@
+"""End to end: `dag.test()` of the nightly chain on a generated day, compared with a plain-Python computation.
+
+The expected rollups are computed from the landing files by this test's own reader (json, csv, gzip and
+zoneinfo from the standard library), not by hitmetrics' code.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from hitmetrics.sample import generate_day
+
+DAY = dt.date(2026, 10, 25)  # Europe/Berlin leaves summer time: a 25-hour day with 50 half hours
+TIMEZONE = "Europe/Berlin"
+ENVIRONMENTS = ("production", "staging", "development")
+
+
+def expected_rollups(folder: Path, tz: ZoneInfo) -> tuple[dict, dict, int, int]:
+    """Per (env, local day, page, bucket start UTC) and per (env, local day): hits and the set of users."""
+    by_page_30m: dict[tuple, set] = defaultdict(set)
+    hits_30m: dict[tuple, int] = defaultdict(int)
+    good = bad = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode()
+        if ".csv" in path.suffixes:
+            rows = [dict(r, user_id=int(r["user_id"])) for r in csv.DictReader(io.StringIO(text))]
+        else:
+            rows = []
+            for line in text.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    bad += 1
+        for row in rows:
+            user = row.get("user_id")
+            try:
+                when = dt.datetime.fromisoformat(row["datetime"].replace("Z", "+00:00"))
+            except (KeyError, ValueError):
+                bad += 1
+                continue
+            if (not row.get("page") or type(user) is not int or not 0 <= user <= 2**31 - 1
+                    or row.get("environment") not in ENVIRONMENTS):  # fmt: skip
+                bad += 1
+                continue
+            good += 1
+            local = when.astimezone(tz)
+            # A local half hour starts at minute 0 or 30 of the local clock; its UTC instant is the bucket key.
+            start = local.replace(minute=local.minute - local.minute % 30, second=0, microsecond=0)
+            key = (row["environment"], local.date(), row["page"], start.astimezone(dt.UTC).replace(tzinfo=None))
+            by_page_30m[key].add(user)
+            hits_30m[key] += 1
+    return by_page_30m, hits_30m, good, bad
+
+
+@pytest.fixture
+def pipeline_env(monkeypatch, tmp_path: Path, es_url: str, index_prefix: str):
+    monkeypatch.setenv("HITS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HITS_LANDING", str(tmp_path / "landing"))
+    monkeypatch.setenv("HITS_TIMEZONE", TIMEZONE)
+    monkeypatch.setenv("HITS_INDEX_PREFIX", index_prefix)
+    monkeypatch.setenv("HITS_ES_URL", es_url)
+    return tmp_path
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_nightly_chain_matches_an_independent_computation(
+    dagbag, pipeline_env: Path, monkeypatch, request, database: str
+) -> None:
+    if database == "sqlite":
+        url = f"sqlite:///{pipeline_env / 'rollups.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:  # a fresh schema per run: the database is shared by the session
+            for table in ("hits_by_page_30m", "hits_by_env_30m", "hits_by_page_daily", "hits_by_env_daily",
+                          "hits_loads", "hits_checks"):  # fmt: skip
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    monkeypatch.setenv("HITS_ROLLUPS_URL", url)
+    sample = generate_day(pipeline_env / "landing", DAY, hits=4000, pages=120, users=300, timezone=TIMEZONE)
+
+    run = dagbag.get_dag("hits_nightly").test(run_conf={"day": DAY.isoformat()})
+    assert run.state == "success"
+
+    users, hits, good, bad = expected_rollups(sample.folder, ZoneInfo(TIMEZONE))
+    assert (good, bad) == (sample.good, sample.bad)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        page_rows = conn.execute(sa.text(
+            "SELECT environment, page, bucket_start, hits, unique_users FROM hits_by_page_30m")).all()  # fmt: skip
+        env_daily = conn.execute(sa.text("SELECT environment, day, hits, unique_users FROM hits_by_env_daily")).all()
+        loads = conn.execute(sa.text("SELECT read, loaded, rejected FROM hits_loads")).all()
+
+    def utc_naive(value) -> dt.datetime:
+        value = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+        return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+
+    actual = {(env, page, utc_naive(start)): (h, u) for env, page, start, h, u in page_rows}
+    expected = {(env, page, start): (hits[key], len(users[key])) for key in hits for env, _, page, start in [key]}
+    assert actual == expected
+
+    daily_expected: dict[tuple, set] = defaultdict(set)
+    daily_hits: dict[tuple, int] = defaultdict(int)
+    for (env, day, _page, _start), ids in users.items():
+        daily_expected[(env, day)] |= ids
+    for (env, day, _page, _start), count in hits.items():
+        daily_hits[(env, day)] += count
+    assert {(env, dt.date.fromisoformat(str(day)[:10])): (h, u) for env, day, h, u in env_daily} == {
+        key: (daily_hits[key], len(ids)) for key, ids in daily_expected.items()
+    }
+    assert loads == [(good + bad, good, bad)]
