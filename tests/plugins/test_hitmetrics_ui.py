@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -136,13 +134,11 @@ def test_bad_input_is_refused_with_the_reason(client, params, field):
     assert response.json()["detail"][0]["loc"] == ["query", field]
 
 
-def test_a_day_with_3000_pages_answers_well_under_a_second(client):
-    client.get("/hitmetrics/api/days")  # connect once, as a running API server would have
-    started = time.perf_counter()
-    for path in ["/hitmetrics/", "/hitmetrics/api/days", "/hitmetrics/api/chart", "/hitmetrics/api/pages",
-                 "/hitmetrics/api/status"]:  # fmt: skip
+def test_a_day_with_3000_pages_is_served_whole(client):
+    # Its speed is measured in bench/, never timed here.
+    for path in ["/hitmetrics/", "/hitmetrics/api/days", "/hitmetrics/api/chart", "/hitmetrics/api/status"]:
         assert client.get(path).status_code == 200
-    assert time.perf_counter() - started < 0.5
+    assert len(client.get("/hitmetrics/api/pages").json()["pages"]) == 3000
 
 
 def test_an_empty_database_says_so(airflow_app, token_for, tmp_path, monkeypatch):

