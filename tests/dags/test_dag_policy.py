@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,8 +51,6 @@ def test_parsing_is_cheap(dag_file: str) -> None:
         "heavy = ('elasticsearch', 'pandas', 'hitmetrics.load', 'hitmetrics.rollup'); "
         "print('IMPORTED=' + ','.join(m for m in heavy if m in sys.modules))"
     ).format(dags=str(DAGS), plugins=str(DAGS.parent / "plugins"), path=str(DAGS / dag_file))
-    started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     imported = done.stdout.strip().rsplit("IMPORTED=", 1)[-1]
     assert imported == "", f"{dag_file} imports {imported} at parse time"
-    assert time.monotonic() - started < 60
