@@ -1,0 +1,191 @@
+"""Airflow as users run it: `airflow standalone` (tools.airflowlocal) on the session's Elasticsearch, a generated
+landing day and the SQLite rollup default (unless a test adds a `hits_rollups` connection), started once for the
+end-to-end tests and stopped afterwards.
+
+Screenshots and Airflow's own log are kept under `test-artifacts/e2e/` at the repository root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tools import airflowlocal, esnode
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "e2e"
+SAMPLE_DAY = "2026-11-20"
+NIGHTLY = "hits_nightly"
+RUN_TIMEOUT_S = 240
+CHROMIUM = "/usr/bin/chromium"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# Debian's chromium as root in a container: no sandbox, nothing that phones home.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-first-run", "--disable-sync",
+]  # fmt: skip
+
+
+def service_missing(reason: str) -> None:
+    """As in tests/conftest.py (not importable from here): fail in CI, skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"CI=true and a service is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def hermetic_environment() -> dict[str, str]:
+    """This process's environment without the developer's hitmetrics settings, connections and pytest's unit-test
+    mode (tests/conftest.py), so Airflow sees only what a test gives it."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("HITS_", "AIRFLOW_CONN_")) and name != "AIRFLOW__CORE__UNIT_TEST_MODE"
+    }
+
+
+@dataclass(frozen=True)
+class RunningAirflow:
+    """The started Airflow and what the tests check against."""
+
+    airflow: airflowlocal.LocalAirflow
+    data_dir: Path
+    index_prefix: str
+    sample_day: str = SAMPLE_DAY
+
+    @property
+    def url(self) -> str:
+        return self.airflow.url
+
+    def token(self) -> str:
+        return airflowlocal.access_token(self.url, self.airflow.username, self.airflow.password)
+
+    def api(self, method: str, path: str, body: object = None) -> dict:
+        # Generous: with SQLite metadata and two busy cores, the API server can take its time.
+        return airflowlocal.request(f"{self.url}/api/v2{path}", method, body, token=self.token(), timeout=90)
+
+    def wait_for_run(self, run_id: str, timeout: float = RUN_TIMEOUT_S) -> None:
+        """Wait for the run to succeed; fail at its first failed task (deterministic data: a retry is no cure),
+        showing each task's state and the failure's exception."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.api("GET", f"/dags/{NIGHTLY}/dagRuns/{run_id}")["state"] == "success":
+                return
+            tasks = self.api("GET", f"/dags/{NIGHTLY}/dagRuns/{run_id}/taskInstances")["task_instances"]
+            if any(ti["state"] in ("failed", "up_for_retry", "upstream_failed") for ti in tasks):
+                pytest.fail(f"run {run_id} failed:\n{self._task_report(run_id, tasks)}", pytrace=False)
+            time.sleep(2)
+        pytest.fail(f"run {run_id} not finished after {timeout:.0f}s", pytrace=False)
+
+    def _task_report(self, run_id: str, tasks: list[dict]) -> str:
+        lines = []
+        for ti in tasks:
+            lines.append(f"  {ti['task_id']}: {ti['state']}")
+            if ti["state"] in ("failed", "up_for_retry"):
+                log = self.api(
+                    "GET",
+                    f"/dags/{NIGHTLY}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
+                )
+                for event in log.get("content", []):
+                    for error in event.get("error_detail", []) if isinstance(event, dict) else []:
+                        where = error["frames"][-1] if error.get("frames") else {}
+                        lines.append(
+                            f"    {error['exc_type']}: {error['exc_value']} "
+                            f"({where.get('filename', '?')}:{where.get('lineno', '?')})"
+                        )
+        return "\n".join(lines)
+
+    def env_daily_rows(self, day: str, database_url: str | None = None) -> dict[str, tuple[int, int]]:
+        """`hits_by_env_daily` for `day` (default: the SQLite rollup default): environment -> (hits, unique_users)."""
+        import sqlalchemy as sa
+
+        from hitmetrics import rollup
+
+        engine = rollup.engine_for(database_url or f"sqlite:///{self.data_dir / 'rollups.sqlite'}")
+        try:
+            with engine.connect() as db:
+                rows = db.execute(
+                    sa.text("SELECT environment, hits, unique_users FROM hits_by_env_daily WHERE day = :day"),
+                    {"day": dt.date.fromisoformat(day)},
+                ).all()
+        finally:
+            engine.dispose()
+        return {environment: (hits, users) for environment, hits, users in rows}
+
+
+@pytest.fixture
+def hermetic_env() -> dict[str, str]:
+    return hermetic_environment()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="module")  # stopped as soon as the module's tests are done, not at the session's end
+def local_airflow(es, es_url: str, tmp_path_factory, artifacts: Path) -> Iterator[RunningAirflow]:
+    """`airflow standalone` with hitmetrics' DAGs, a sample landing day, and an index prefix of its own."""
+    root = tmp_path_factory.mktemp("airflow-e2e")
+    data_dir, landing, home = root / "data", root / "data" / "landing", root / "airflow-home"
+    prefix = f"e2e{uuid.uuid4().hex[:10]}"
+    port = esnode.free_port()
+    env = airflowlocal.airflow_environment(home, port, base=hermetic_environment())
+    env.update(
+        HITS_DATA_DIR=str(data_dir),
+        HITS_LANDING=str(landing),
+        HITS_ES_URL=es_url,
+        HITS_INDEX_PREFIX=prefix,
+        HITS_ENVIRONMENTS="production,staging,development",
+        HITS_TIMEZONE="UTC",
+        # Only the runs the tests trigger: no scheduled run competing for the two cores.
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "hitmetrics.sample", "--day", SAMPLE_DAY, "--landing", str(landing),
+         "--hits", "3000", "--pages", "60", "--users", "400"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        airflow = airflowlocal.start(home, port, env)
+    except airflowlocal.AirflowError as error:
+        if (home / airflowlocal.LOG_FILE).exists():
+            shutil.copy(home / airflowlocal.LOG_FILE, artifacts / "standalone.log")
+        service_missing(f"cannot start airflow standalone: {error}")
+    try:
+        yield RunningAirflow(airflow=airflow, data_dir=data_dir, index_prefix=prefix)
+    finally:
+        airflowlocal.stop(airflow)
+        shutil.copy(airflow.log, artifacts / "standalone.log")
+        names = list(es.indices.get(index=f"{prefix}*", expand_wildcards="all"))
+        if names:
+            es.indices.delete(index=",".join(names))
+        es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}*")
+
+
+@pytest.fixture
+def browser_page(artifacts: Path, request: pytest.FixtureRequest) -> Iterator:
+    """A Playwright page in Debian's headless chromium; its last state is saved as `<test>-last.png`."""
+    if not Path(CHROMIUM).is_file():
+        service_missing(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(90_000)
+            yield page
+            page.screenshot(path=artifacts / f"{request.node.name}-last.png", full_page=True)
+        finally:
+            browser.close()

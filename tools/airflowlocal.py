@@ -1,0 +1,274 @@
+"""Run Airflow locally without Docker: `airflow standalone` with hitmetrics' DAGs, ready to trigger.
+
+    python -m tools.airflowlocal [--port 8080] [--home DIR] [--sample-day yesterday|YYYY-MM-DD]
+
+Airflow runs from the project's virtualenv (LocalExecutor, SQLite metadata, SimpleAuthManager) with its home in
+`$HITS_DATA_DIR/airflow`, on the local Elasticsearch node (started when `HITS_ES_URL` is the default and nothing
+answers there) and the SQLite rollup database. When the UI and the DAGs are up it prints where to log in and with
+what; Ctrl-C stops it. `start` / `stop` are the same steps for the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools import esnode
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 8080
+READY_TIMEOUT_S = 240
+DAG_IDS = ("hits_nightly", "hits_indexes")
+USERNAME = "admin"  # standalone's SimpleAuthManager user; its password is generated on the first start
+PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+LOG_FILE = "standalone.log"
+
+
+class AirflowError(Exception):
+    """A problem worth one line to the user, not a stack trace."""
+
+
+@dataclass(frozen=True)
+class LocalAirflow:
+    process: subprocess.Popen
+    home: Path
+    port: int
+    password: str
+    username: str = USERNAME
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.home / LOG_FILE
+
+
+def default_home() -> Path:
+    """`$HITS_DATA_DIR/airflow`, beside the project's other embedded defaults."""
+    return Path(os.environ.get("HITS_DATA_DIR") or REPO / ".data") / "airflow"
+
+
+def airflow_environment(home: Path, port: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with what standalone needs to serve hitmetrics on `port`."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        AIRFLOW_HOME=str(home),
+        # standalone starts its components as `airflow ...`: the virtualenv's, whatever the caller's PATH.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__PORT=str(port),
+        # Tasks report to the execution API; its default URL assumes port 8080.
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
+    )
+    return env
+
+
+def request(url: str, method: str = "GET", body: Any = None, token: str | None = None, timeout: float = 30) -> Any:
+    """One JSON call to Airflow's REST API; raises urllib.error.HTTPError on an error status."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=timeout) as r:
+        payload = r.read()
+    return json.loads(payload) if payload else None
+
+
+def access_token(url: str, username: str, password: str) -> str:
+    """A JWT for the REST API v2 from SimpleAuthManager's `POST /auth/token`."""
+    return request(f"{url}/auth/token", "POST", {"username": username, "password": password})["access_token"]
+
+
+def generated_password(home: Path) -> str | None:
+    """The admin password standalone generated in `home`, once it has."""
+    try:
+        return json.loads((home / PASSWORD_FILE).read_text())[USERNAME]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _healthy(url: str) -> bool:
+    try:
+        health = request(f"{url}/api/v2/monitor/health", timeout=3)
+    except (OSError, ValueError):
+        return False
+    return all(part.get("status") == "healthy" for part in health.values() if isinstance(part, dict))
+
+
+def _missing_dags(url: str, token: str) -> list[str]:
+    missing = []
+    for dag_id in DAG_IDS:
+        try:
+            request(f"{url}/api/v2/dags/{dag_id}", token=token)
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+            missing.append(dag_id)
+    return missing
+
+
+def _import_errors(url: str, token: str) -> str:
+    errors = request(f"{url}/api/v2/importErrors", token=token).get("import_errors", [])
+    return "; ".join(f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors) or "none"
+
+
+def start(
+    home: Path, port: int = DEFAULT_PORT, env: Mapping[str, str] | None = None, timeout: float = READY_TIMEOUT_S
+) -> LocalAirflow:
+    """Start `airflow standalone` in its own process group; return once the API and hitmetrics' DAGs are up.
+
+    `env` is the complete environment (default: `airflow_environment(home, port)`). Output goes to
+    `<home>/standalone.log`. Raises AirflowError, with Airflow stopped again, when it does not come up.
+    """
+    if esnode._port_taken(port):
+        raise AirflowError(f"port {port} on 127.0.0.1 is already taken by another program: choose another with --port")
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(airflow_environment(home, port) if env is None else env)
+    with open(home / LOG_FILE, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "standalone"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    token = None
+    missing: list[str] = list(DAG_IDS)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AirflowError(f"airflow standalone exited with code {process.returncode}; see {home / LOG_FILE}")
+            password = generated_password(home)
+            if password and _healthy(url):
+                token = token or access_token(url, USERNAME, password)
+                missing = _missing_dags(url, token)
+                if not missing:
+                    return LocalAirflow(process=process, home=home, port=port, password=password)
+            time.sleep(1)
+        detail = "the API did not report healthy"
+        if token:
+            detail = f"DAGs {', '.join(missing)} not loaded (import errors: {_import_errors(url, token)})"
+        raise AirflowError(f"Airflow not ready after {timeout:.0f}s: {detail}; see {home / LOG_FILE}")
+    except BaseException:
+        _stop_group(process)
+        raise
+
+
+def _stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the whole process group (standalone and its components), SIGKILL to what outlives `timeout`."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process.poll()  # reap standalone itself, or the group never looks empty
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def stop(airflow: LocalAirflow) -> None:
+    """Stop Airflow and every process it started."""
+    _stop_group(airflow.process)
+
+
+def ensure_elasticsearch(es_url: str) -> str:
+    """Where hitmetrics will find Elasticsearch; starts the local node when `es_url` is the default and idle."""
+    from hitmetrics.config import DEFAULT_ES_URL
+
+    if os.environ.get("AIRFLOW_CONN_HITS_ELASTICSEARCH"):
+        return "the hits_elasticsearch connection"
+    try:
+        request(es_url, timeout=3)
+        return es_url
+    except (OSError, ValueError):
+        pass
+    if es_url.rstrip("/") != DEFAULT_ES_URL:
+        raise AirflowError(f"nothing answers at HITS_ES_URL={es_url}: start that cluster, or unset HITS_ES_URL")
+    return esnode.start().url
+
+
+def _sample_day(value: str, timezone: str) -> dt.date:
+    from zoneinfo import ZoneInfo
+
+    if value == "yesterday":
+        return dt.datetime.now(ZoneInfo(timezone)).date() - dt.timedelta(days=1)
+    return dt.date.fromisoformat(value)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops Airflow as Ctrl-C does, never leaving it orphaned
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hitmetrics.config import ConfigError, load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m tools.airflowlocal", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="UI and REST API port on 127.0.0.1")
+    parser.add_argument("--home", type=Path, default=None, help="AIRFLOW_HOME (default: $HITS_DATA_DIR/airflow)")
+    parser.add_argument("--sample-day", help="first generate this landing day unless it exists (YYYY-MM-DD, yesterday)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    try:
+        settings = load_settings()
+        elasticsearch = ensure_elasticsearch(settings.es_url)
+        if args.sample_day:
+            day = _sample_day(args.sample_day, settings.timezone).isoformat()
+            if not (Path(settings.landing) / day).exists():
+                from hitmetrics import sample
+
+                sample.main(["--day", day])
+        home = (args.home or default_home()).resolve()
+        print(f"Starting Airflow (log: {home / LOG_FILE}) ...", flush=True)
+        airflow = start(home, args.port)
+    except (AirflowError, esnode.NodeError, ConfigError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    rollups = settings.rollups_database_url
+    if os.environ.get("AIRFLOW_CONN_HITS_ROLLUPS"):
+        rollups = "the hits_rollups connection"
+    print(
+        f"\nAirflow is ready at {airflow.url}\n"
+        f"  log in as {airflow.username} with password {airflow.password}"
+        f" (kept in {home / PASSWORD_FILE})\n"
+        f"  DAGs: {', '.join(DAG_IDS)}: open hits_nightly, Trigger, choose the landing day and environments\n"
+        f"  Elasticsearch: {elasticsearch}\n  rollups: {rollups}\n  landing: {settings.landing}\n"
+        "Ctrl-C stops Airflow; the Elasticsearch node keeps running (make node-stop).",
+        flush=True,
+    )
+    try:
+        return airflow.process.wait()
+    except KeyboardInterrupt:
+        print("Stopping Airflow ...", flush=True)
+        stop(airflow)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
