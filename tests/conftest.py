@@ -25,15 +25,7 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 import pytest  # noqa: E402
 
 from tools import esnode, pgserver  # noqa: E402
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def service_missing(reason: str) -> None:
-    """Fail in CI, skip elsewhere: CI must never pass by not testing."""
-    if IN_CI:
-        pytest.fail(f"CI=true and a service is missing: {reason}", pytrace=False)
-    pytest.skip(reason)
+from tools.testing import service_missing  # noqa: E402
 
 
 @pytest.fixture(scope="session")

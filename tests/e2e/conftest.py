@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tools import airflowlocal, esnode
+from tools.testing import service_missing
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
@@ -28,19 +29,11 @@ SAMPLE_DAY = "2026-11-20"
 NIGHTLY = "hits_nightly"
 RUN_TIMEOUT_S = 240
 CHROMIUM = "/usr/bin/chromium"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 # Debian's chromium as root in a container: no sandbox, nothing that phones home.
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--no-first-run", "--disable-sync",
 ]  # fmt: skip
-
-
-def service_missing(reason: str) -> None:
-    """As in tests/conftest.py (not importable from here): fail in CI, skip elsewhere."""
-    if IN_CI:
-        pytest.fail(f"CI=true and a service is missing: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def hermetic_environment() -> dict[str, str]:

@@ -21,6 +21,7 @@ from hitmetrics.config import Settings
 from hitmetrics.load import LoadError, load_landing_day
 from hitmetrics.sample import generate_day
 from tools import esnode
+from tools.testing import service_missing
 
 DAY = dt.date(2026, 11, 25)
 HITS = 60_000
@@ -32,8 +33,6 @@ def own_node():
     try:
         info = esnode.start(port=esnode.free_port(), data_dir=data_dir)
     except esnode.NodeError as error:
-        from conftest import service_missing  # noqa: PLC0415 - the root conftest's helper
-
         service_missing(f"cannot start a node of its own: {error}")
     yield info
     esnode.stop(data_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,16 +40,10 @@ from hitmetrics.rollup import (
     record_load,
     replace_partition,
 )
+from tools.testing import service_missing
 
 BERLIN = "Europe/Berlin"
 DAY = dt.date(2026, 3, 29)  # 23 hours long in Berlin
-
-
-def service_missing(reason: str) -> None:
-    """As in tests/conftest.py (importing it again would redo its setup): fail in CI, skip elsewhere."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and a service is missing: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
