@@ -53,6 +53,7 @@ class RunningAirflow:
     airflow: airflowlocal.LocalAirflow
     data_dir: Path
     index_prefix: str
+    env: dict[str, str]
     sample_day: str = SAMPLE_DAY
 
     @property
@@ -156,7 +157,7 @@ def local_airflow(es, es_url: str, tmp_path_factory, artifacts: Path) -> Iterato
             shutil.copy(home / airflowlocal.LOG_FILE, artifacts / "standalone.log")
         service_missing(f"cannot start airflow standalone: {error}")
     try:
-        yield RunningAirflow(airflow=airflow, data_dir=data_dir, index_prefix=prefix)
+        yield RunningAirflow(airflow=airflow, data_dir=data_dir, index_prefix=prefix, env=env)
     finally:
         airflowlocal.stop(airflow)
         shutil.copy(airflow.log, artifacts / "standalone.log")

@@ -91,6 +91,40 @@ def test_trigger_through_the_rest_api(local_airflow, es, postgres_url: str) -> N
     assert_rollups_match_elasticsearch(local_airflow, es, "production", postgres_url)
 
 
+def test_a_backfill_loads_each_runs_previous_day(local_airflow) -> None:
+    """`airflow backfill create` (the scheduler runs the backfill): each run loads its own landing day."""
+    import sqlalchemy as sa
+
+    from hitmetrics import rollup
+    from hitmetrics.sample import generate_day
+
+    landing = local_airflow.data_dir / "landing"
+    for day in (21, 22, 23):
+        generate_day(landing, dt.date(2026, 11, day), hits=800, pages=30, users=100)
+    local_airflow.api("PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run(
+        [airflow, "backfill", "create", "--dag-id", NIGHTLY, "--from-date", "2026-11-22", "--to-date", "2026-11-24"],
+        env=local_airflow.env, check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    runs = local_airflow.api("GET", f"/dags/{NIGHTLY}/dagRuns?run_type=backfill")["dag_runs"]
+    assert len(runs) >= 2, runs
+    for run in runs:
+        local_airflow.wait_for_run(run["dag_run_id"])
+
+    # A run at 01:30 UTC loads the local day before it.
+    expected = {(dt.datetime.fromisoformat(run["run_after"]).date() - dt.timedelta(days=1)).isoformat() for run in runs}
+    engine = rollup.engine_for(f"sqlite:///{local_airflow.data_dir / 'rollups.sqlite'}")
+    try:
+        with engine.connect() as db:
+            loaded = db.execute(sa.text("SELECT landing_day FROM hits_loads WHERE loaded = 800")).scalars().all()
+    finally:
+        engine.dispose()
+    assert expected <= {str(day)[:10] for day in loaded}
+    for day in expected:
+        assert local_airflow.env_daily_rows(day), f"no rollups for {day}"
+
+
 def forget_partition(database_url: str, day: str) -> None:
     """Remove what an earlier session wrote for `day`, so only this run's rows can pass."""
     import sqlalchemy as sa
