@@ -12,7 +12,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from hitmetrics_airflow import DEFAULT_ARGS
+from hitmetrics_airflow import DAG_POLICY
 
 DAG_ID = "hits_indexes"
 SCHEDULE = "0 18 * * *"  # well before midnight in every time zone's evening
@@ -28,9 +28,7 @@ PARAMS = {
     dag_id=DAG_ID,
     schedule=SCHEDULE,
     start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_POLICY,
     tags=TAGS,
     params=PARAMS,
     doc_md=__doc__,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from hitmetrics_airflow import DEFAULT_ARGS
+from hitmetrics_airflow import DAG_POLICY
 
 DAG_ID = "hits_nightly"
 SCHEDULE = "30 1 * * *"  # after the day's last log files have landed
@@ -45,9 +45,7 @@ PARAMS = {
     dag_id=DAG_ID,
     schedule=SCHEDULE,
     start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    **DAG_POLICY,
     tags=TAGS,
     params=PARAMS,
     doc_md=__doc__,
@@ -56,25 +54,32 @@ def hits_nightly():
     @task(multiple_outputs=False)
     def create_indexes() -> dict:
         """Resolve the run's day and environments, and create the day's indexes ahead of the load."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from hitmetrics import pipeline
-        from hitmetrics.config import load_settings
+        from hitmetrics.config import ConfigError, load_settings
         from hitmetrics_airflow import elasticsearch_client
 
         context = get_current_context()
-        settings = load_settings()
-        plan = pipeline.plan_run(
-            settings,
-            requested_day=context["params"]["day"],
-            run_after=context["dag_run"].run_after,
-            environments=context["params"]["environments"],
-            full_reload=context["params"]["full_reload"],
-        )
+        try:
+            settings = load_settings()
+            plan = pipeline.plan_run(
+                settings,
+                requested_day=context["params"]["day"],
+                run_after=context["dag_run"].run_after,
+                environments=context["params"]["environments"],
+                full_reload=context["params"]["full_reload"],
+            )
+        except ConfigError as error:  # a wrong parameter or setting: retrying cannot help
+            raise AirflowFailException(str(error)) from error
         pipeline.prepare_indexes(elasticsearch_client(settings), settings, plan)
         return pipeline.asdict(plan)
 
     @task(multiple_outputs=False)
     def load_hits(plan: dict) -> dict:
         """Parse, validate and bulk-load the landing folder; rejects go to the rejects file."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from hitmetrics import pipeline
         from hitmetrics.config import load_settings
         from hitmetrics_airflow import elasticsearch_client, landing_root, rollups_url
@@ -84,8 +89,9 @@ def hits_nightly():
         try:
             report = pipeline.load_day(elasticsearch_client(settings), settings, run, landing_root(settings))
         except pipeline.TooManyRejects as error:
+            # The good records are loaded; a retry would load the same folder and fail the same way.
             pipeline.record_failed_load(rollups_url(settings), error.report)
-            raise
+            raise AirflowFailException(str(error)) from error
         return pipeline.report_dict(report)
 
     @task

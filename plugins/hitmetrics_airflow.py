@@ -79,3 +79,5 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
 }
+# Passed to every @dag: one load of a folder at a time, no surprise catch-up of past days.
+DAG_POLICY: dict[str, Any] = {"default_args": DEFAULT_ARGS, "max_active_runs": 1, "catchup": False}

@@ -121,3 +121,29 @@ def test_nightly_chain_matches_an_independent_computation(
         key: (daily_hits[key], len(ids)) for key, ids in daily_expected.items()
     }
     assert loads == [(good + bad, good, bad)]
+
+
+def test_too_many_rejects_fail_the_run_once_and_are_recorded(dagbag, pipeline_env: Path, monkeypatch) -> None:
+    url = f"sqlite:///{pipeline_env / 'rollups.sqlite'}"
+    monkeypatch.setenv("HITS_ROLLUPS_URL", url)
+    sample = generate_day(pipeline_env / "landing", DAY, hits=300, pages=10, users=20, bad_lines=30)
+
+    run = dagbag.get_dag("hits_nightly").test(run_conf={"day": DAY.isoformat()})
+
+    assert run.state == "failed"
+    states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
+    assert states["load_hits"] == ("failed", 1)  # no retry: it would load the same folder and fail again
+    assert states["create_indexes"][0] == "success"
+    with sa.create_engine(url).connect() as conn:
+        loads = conn.execute(sa.text("SELECT read, loaded, rejected, rejects_file FROM hits_loads")).all()
+    assert [tuple(row[:3]) for row in loads] == [(sample.good + sample.bad, sample.good, sample.bad)]
+    assert Path(loads[0].rejects_file).exists()
+
+
+def test_an_unknown_environment_fails_before_anything_is_loaded(dagbag, pipeline_env: Path) -> None:
+    generate_day(pipeline_env / "landing", DAY, hits=100, pages=5, users=10)
+    run = dagbag.get_dag("hits_nightly").test(run_conf={"day": DAY.isoformat(), "environments": ["prod"]})
+    states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
+    assert run.state == "failed"
+    assert states["create_indexes"] == ("failed", 1)
+    assert states["load_hits"][0] == "upstream_failed"
