@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"done (task log: {log})\n")
     print(summary(settings.rollups_database_url, args.day))
+    print(f"\nThe node keeps running at {node.url} for `hitmetrics` and `make airflow`; `make node-stop` stops it.")
     return 0
 
 
