@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PORT ?= 9200
 AIRFLOW_PORT ?= 8080
 
-.PHONY: setup test lint run node-start node-status node-stop airflow
+.PHONY: setup test lint run node-start node-status node-stop airflow bench
 
 run: setup ## the main job: a sample day through the whole chain on the embedded defaults
 	$(PY) -m tools.main_job
@@ -29,3 +29,6 @@ node-stop:
 
 airflow: setup ## local Airflow (standalone) on 127.0.0.1:$(AIRFLOW_PORT) with hitmetrics' DAGs and yesterday's sample day
 	$(PY) -m tools.airflowlocal --port $(AIRFLOW_PORT) --sample-day yesterday
+
+bench: setup ## the benchmark on its own Elasticsearch node; BENCH_ARGS="--hits 10000000" for 10M hits
+	$(PY) -m bench $(BENCH_ARGS)

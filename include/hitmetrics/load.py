@@ -5,6 +5,11 @@ A load of landing folder D writes every good record under a deterministic `_id` 
 folder no longer contributes, in whichever day's index it went. Re-runs, retries after a load cut off half way
 and reloads of corrected folders all end with exactly the folder's current good records. Only server-core APIs
 are used (bulk, point in time, search_after, count), no `_delete_by_query`.
+
+Speed: bulk bodies are built as bytes (orjson; the action line from a template), sized by bytes, with several
+requests in flight while the next body is parsed; responses carry only each item's status. While a load writes,
+its indexes have refresh off and no replicas; their previous settings come back when the write phase ends, also
+when it fails.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, helpers
+from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch
 from elasticsearch import ConnectionError as ESConnectionError
 
 from hitmetrics.config import Settings
@@ -39,6 +44,7 @@ from hitmetrics.ingest import (
     landing_root,
     parse_file,
 )
+from hitmetrics.model import Hit
 
 __all__ = [
     "LoadError",
@@ -53,10 +59,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Bulk requests: a few MB each, two in flight so parsing overlaps indexing.
-CHUNK_DOCS = 2_000
-CHUNK_BYTES = 4 << 20
-BULK_THREADS = 2
+# Bulk requests of about 8 MB (Elasticsearch's sweet spot is 5-15 MB), three in flight: on a small node that
+# keeps every write thread busy while the next body is parsed. CHUNK_DOCS only caps tiny-document bodies.
+CHUNK_DOCS = 100_000
+CHUNK_BYTES = 8 << 20
+BULK_THREADS = 3
 BULK_TIMEOUT_S = 120
 # Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
 RETRIES = 6
@@ -65,11 +72,24 @@ MAX_BACKOFF_S = 30.0
 RETRY_STATUS = (429, 502, 503, 504)
 PROGRESS_EVERY_S = 10.0
 SWEEP_PAGE = 5_000
+# Only each item's status (and error), not its index, id, version and shard info: a fraction of the bytes to
+# produce, send and parse. Items keep their positions, so the sent chunk says which document each one is.
+BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
+
+# Index settings while a load writes (refresh off, no replicas), the usual bulk-load tuning. The settings they
+# replace are put back afterwards; settings found equal to these were left by a load that was killed before it
+# could restore them, and are replaced by the template's.
+LOAD_SETTINGS = {
+    "index.refresh_interval": "-1",
+    "index.number_of_replicas": "0",
+    "index.auto_expand_replicas": "false",
+}
 
 LOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 
 Partition = tuple[dt.date, str]
-Action = tuple[dict[str, Any], bytes | None]
+# One bulk operation: (index, action line, source line or None for a delete), each line ending in a newline.
+Action = tuple[str, bytes, bytes | None]
 
 
 class LoadError(RuntimeError):
@@ -187,7 +207,8 @@ def load_landing_day(
     rejects = _RejectsFile(settings.rejects_dir / landing_day.isoformat() / f"{load_id}.jsonl")
     ensure_template(es, settings)  # before any index is created, and current even if the mapping changed
     try:
-        written = _write_documents(es, settings, files, load_id, report, rejects, started, progress)
+        with _LoadSettings(es) as tuned:
+            written = _write_documents(es, settings, files, load_id, report, rejects, started, progress, tuned)
         report.rejects_file = rejects.commit()
     finally:
         rejects.discard()
@@ -223,22 +244,30 @@ def _write_documents(
     rejects: _RejectsFile,
     started: float,
     progress: Callable[[LoadProgress], None] | None,
+    tuned: _LoadSettings,
 ) -> Counter[str]:
-    """Bulk-index every good record, rejects to `rejects`; returns the documents written per index."""
+    """Bulk-index every good record, rejects to `rejects`; returns the documents written per index.
+
+    Each index is tuned for loading (`tuned`) before its first document is sent.
+    """
     written: Counter[str] = Counter()
     files_done = 0
     last_progress = started
 
-    def actions() -> Iterator[Action]:
+    def chunks() -> Iterator[_Chunk]:
+        """The bulk bodies, built in place: no per-record objects outlive a record (see `_chunks`)."""
         nonlocal files_done
         tz, prefix = settings.tz, settings.index_prefix
         utc = settings.timezone == "UTC"
         environments = frozenset(settings.environments)
         index_of: dict[Partition, str] = {}
-        dumps, utc_z = orjson.dumps, orjson.OPT_UTC_Z
+        dumps, options = orjson.dumps, orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+        body, per_index, docs = bytearray(), Counter(), 0
         for file in files:
-            id_prefix = _id_prefix(file.source_file)
             source_file = file.source_file
+            # Per file and index, everything of the action line but the line number: one format per record.
+            action_of: dict[str, bytes] = {}
+            id_prefix = _id_prefix(source_file)
             for item in parse_file(file, environments):
                 report.read += 1
                 if type(item) is Reject:
@@ -246,25 +275,38 @@ def _write_documents(
                     rejects.write(item)
                     continue
                 record = item.record
-                day = record.datetime.date() if utc else record.datetime.astimezone(tz).date()
+                instant = record.datetime
+                day = instant.date() if utc else instant.astimezone(tz).date()
                 index = index_of.get((day, record.environment))
                 if index is None:
                     index = index_of[day, record.environment] = index_name(prefix, day, record.environment)
                     if create_index(es, prefix, day, record.environment):
                         log.info("created index %s", index)
+                    tuned.apply(index)
+                action = action_of.get(index)
+                if action is None:
+                    action = action_of[index] = _action_template(index, id_prefix)
                 source = {
                     "page": record.page,
-                    "datetime": record.datetime,
+                    "datetime": instant,
                     "user_id": record.user_id,
                     "environment": record.environment,
                     "source_file": source_file,
                     "load_id": load_id,
                 }
-                yield {"index": {"_index": index, "_id": f"{id_prefix}:{item.line}"}}, dumps(source, option=utc_z)
+                body += action % item.line
+                body += dumps(source, option=options)
+                per_index[index] += 1
+                docs += 1
+                if docs >= CHUNK_DOCS or len(body) >= CHUNK_BYTES:
+                    yield _Chunk([bytes(body)], per_index)
+                    body, per_index, docs = bytearray(), Counter(), 0
             files_done += 1
+        if docs:
+            yield _Chunk([bytes(body)], per_index)
 
     errors: list[dict[str, Any]] = []
-    for chunk_written, chunk_errors in _bulk(es, actions()):
+    for chunk_written, chunk_errors in _bulk(es, chunks()):
         written.update(chunk_written)
         report.loaded += chunk_written.total()
         errors.extend(chunk_errors)
@@ -289,8 +331,14 @@ def _id_prefix(source_file: str) -> str:
     return base64.urlsafe_b64encode(digest).decode()
 
 
-def _bulk(es: Elasticsearch, actions: Iterable[Action]) -> Iterator[tuple[Counter[str], list[dict[str, Any]]]]:
-    """Send `actions` in chunks, `BULK_THREADS` requests in flight; yield per chunk (docs done per index, errors).
+def _action_template(index: str, id_prefix: str) -> bytes:
+    """The bulk action line of a document of `index` whose `_id` is `<id_prefix>:<line>`, `%d` for the line."""
+    line = orjson.dumps({"index": {"_index": index, "_id": f"{id_prefix}:{{line}}"}}, option=orjson.OPT_APPEND_NEWLINE)
+    return line.replace(b"%", b"%%").replace(b"{line}", b"%d")
+
+
+def _bulk(es: Elasticsearch, chunks: Iterable[_Chunk]) -> Iterator[tuple[Counter[str], list[dict[str, Any]]]]:
+    """Send `chunks`, `BULK_THREADS` requests in flight; yield per chunk (docs done per index, errors).
 
     Results come in the order the chunks were sent. Index and delete are idempotent here (fixed ids), so a chunk
     whose request failed part way is simply sent again.
@@ -298,7 +346,7 @@ def _bulk(es: Elasticsearch, actions: Iterable[Action]) -> Iterator[tuple[Counte
     es = es.options(request_timeout=BULK_TIMEOUT_S)
     with ThreadPoolExecutor(BULK_THREADS, thread_name_prefix="hits-bulk") as pool:
         in_flight: deque[Future] = deque()
-        for chunk in _chunks(actions):
+        for chunk in chunks:
             if len(in_flight) >= BULK_THREADS:
                 yield in_flight.popleft().result()
             in_flight.append(pool.submit(_send_chunk, es, chunk))
@@ -306,61 +354,94 @@ def _bulk(es: Elasticsearch, actions: Iterable[Action]) -> Iterator[tuple[Counte
             yield in_flight.popleft().result()
 
 
-def _chunks(actions: Iterable[Action]) -> Iterator[list[Action]]:
-    chunk: list[Action] = []
-    size = 0
-    for action in actions:
-        chunk.append(action)
-        size += len(action[1] or b"") + 100  # the action line is about 100 bytes
-        if len(chunk) >= CHUNK_DOCS or size >= CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
+def _chunks(actions: Iterable[Action]) -> Iterator[_Chunk]:
+    """Bulk bodies of about `CHUNK_BYTES` (at most `CHUNK_DOCS` operations).
 
-
-def _send_chunk(es: Elasticsearch, chunk: list[Action]) -> tuple[Counter[str], list[dict[str, Any]]]:
-    """One chunk through `helpers.streaming_bulk`; returns (documents done per index, refused items).
-
-    streaming_bulk retries 429 and 5xx answers with backoff, whole requests or single items; a lost connection
-    is retried here, resending the whole chunk.
+    Lines go straight into one buffer: holding them as separate objects would cost several times their size
+    (orjson's output buffers are over-allocated) and grow the loader's memory with the chunk size.
     """
+    body, per_index, docs = bytearray(), Counter(), 0
+    for index, action, source in actions:
+        body += action
+        if source is not None:
+            body += source
+        per_index[index] += 1
+        docs += 1
+        if len(body) >= CHUNK_BYTES or docs >= CHUNK_DOCS:
+            yield _Chunk([bytes(body)], per_index)
+            body, per_index, docs = bytearray(), Counter(), 0
+    if docs:
+        yield _Chunk([bytes(body)], per_index)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One bulk request: its NDJSON (one whole body, or the lines of operations being resent) and how many of
+    its operations go to each index."""
+
+    ndjson: list[bytes]
+    per_index: Counter[str]
+
+    def operations(self) -> Iterator[tuple[list[bytes], str, str, str]]:
+        """Each operation: (its lines, operation, index, id); used only to sort out a response with errors."""
+        # orjson escapes line breaks inside strings, so every line is one JSON value.
+        lines = [line for piece in self.ndjson for line in piece.splitlines()]
+        at = 0
+        while at < len(lines):
+            ((operation, meta),) = orjson.loads(lines[at]).items()
+            size = 1 if operation == "delete" else 2
+            yield lines[at : at + size], operation, meta["_index"], meta["_id"]
+            at += size
+
+
+def _send_chunk(es: Elasticsearch, chunk: _Chunk) -> tuple[Counter[str], list[dict[str, Any]]]:
+    """One chunk as one bulk request; returns (documents done per index, refused items).
+
+    429 and 5xx answers and lost connections are retried with exponential backoff: a whole request again, or
+    only the items Elasticsearch answered 429/5xx for.
+    """
+    done: Counter[str] = Counter()
+    errors: list[dict[str, Any]] = []
     for attempt in range(RETRIES + 1):
-        done: Counter[str] = Counter()
-        errors: list[dict[str, Any]] = []
+        last = attempt == RETRIES
         try:
-            for ok, item in helpers.streaming_bulk(
-                es,
-                chunk,
-                chunk_size=len(chunk),
-                max_chunk_bytes=1 << 30,  # chunks are sized by _chunks
-                expand_action_callback=_as_is,
-                raise_on_error=False,
-                max_retries=RETRIES,
-                initial_backoff=INITIAL_BACKOFF_S,
-                max_backoff=MAX_BACKOFF_S,
-                retry_on_status=RETRY_STATUS,
-            ):
-                ((operation, result),) = item.items()
-                # Deleting what is already gone is fine: someone else's sweep or a retry got there first.
-                if ok or (operation == "delete" and result.get("status") == 404):
-                    done[result["_index"]] += 1
-                else:
-                    errors.append(item)
-            return done, errors
+            response = es.bulk(operations=chunk.ndjson, filter_path=BULK_FILTER_PATH).body
         except ApiError as error:
-            raise LoadError(f"bulk request failed: {error}") from error
+            if last or error.meta.status not in RETRY_STATUS:
+                raise LoadError(f"bulk request failed: {error}") from error
+            _back_off(attempt, f"bulk request answered {error.meta.status}")
+            continue
         except (ESConnectionError, ConnectionTimeout) as error:
-            if attempt == RETRIES:
+            if last:
                 raise LoadError(f"bulk request failed after {attempt + 1} attempts: {error}") from error
-            pause = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**attempt)
-            log.warning("bulk request failed (%s); retrying in %.0fs", error, pause)
-            time.sleep(pause)
+            _back_off(attempt, f"bulk request failed ({error})")
+            continue
+        if not response.get("errors"):
+            done.update(chunk.per_index)
+            return done, errors
+        retry: list[bytes] = []
+        retry_per_index: Counter[str] = Counter()
+        for (lines, operation, index, _id), item in zip(chunk.operations(), response["items"], strict=True):
+            status = item[operation]["status"]
+            # Deleting what is already gone is fine: someone else's sweep or a retry got there first.
+            if status < 300 or (operation == "delete" and status == 404):
+                done[index] += 1
+            elif status in RETRY_STATUS and not last:
+                retry += lines
+                retry_per_index[index] += 1
+            else:
+                errors.append({operation: {**item[operation], "_index": index, "_id": _id}})
+        if not retry_per_index:
+            return done, errors
+        chunk = _Chunk(retry, retry_per_index)
+        _back_off(attempt, f"Elasticsearch asked to resend {retry_per_index.total()} document(s)")
     raise AssertionError("unreachable")
 
 
-def _as_is(action: Action) -> Action:
-    return action
+def _back_off(attempt: int, why: str) -> None:
+    pause = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**attempt)
+    log.warning("%s; retrying in %.0fs", why, pause)
+    time.sleep(pause)
 
 
 def _describe(error_item: dict[str, Any]) -> str:
@@ -381,6 +462,7 @@ def _sweep_stale(es: Elasticsearch, alias: str, folder_prefix: str, load_id: str
 
         def stale() -> Iterator[Action]:
             nonlocal pit
+            dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
             search_after = None
             while True:
                 page = es.search(
@@ -395,14 +477,15 @@ def _sweep_stale(es: Elasticsearch, alias: str, folder_prefix: str, load_id: str
                 pit = page.get("pit_id", pit)
                 hits = page["hits"]["hits"]
                 for hit in hits:
-                    yield {"delete": {"_index": hit["_index"], "_id": hit["_id"]}}, None
+                    index = hit["_index"]
+                    yield index, dumps({"delete": {"_index": index, "_id": hit["_id"]}}, option=newline), None
                 if len(hits) < SWEEP_PAGE:
                     return
                 search_after = hits[-1]["sort"]
 
         deleted: Counter[str] = Counter()
         errors: list[dict[str, Any]] = []
-        for chunk_deleted, chunk_errors in _bulk(es, stale()):
+        for chunk_deleted, chunk_errors in _bulk(es, _chunks(stale())):
             deleted.update(chunk_deleted)
             errors.extend(chunk_errors)
         if errors:
@@ -439,6 +522,48 @@ def _by_partition(prefix: str, per_index: Mapping[str, int]) -> dict[Partition, 
             raise LoadError(f"index {name} behind alias {prefix} is not a daily hit index")
         partitions[partition] = count
     return partitions
+
+
+class _LoadSettings:
+    """Tunes the indexes a load writes to with `LOAD_SETTINGS`; on exit puts their previous settings back.
+
+    A failure to restore fails a load that went well; after a failed load it is logged, so the first error stays
+    the one reported, and the next load of those indexes repairs them (it finds `LOAD_SETTINGS` there).
+    """
+
+    def __init__(self, es: Elasticsearch) -> None:
+        self.es = es
+        self.previous: dict[str, dict[str, str | None]] = {}
+        template = Hit._index.to_dict()["settings"]
+        # None resets a setting to Elasticsearch's default.
+        self.template = {name: _text(template.get(name.removeprefix("index."))) for name in LOAD_SETTINGS}
+
+    def apply(self, index: str) -> None:
+        response = self.es.indices.get_settings(index=index, name=list(LOAD_SETTINGS), flat_settings=True)
+        current = response[index]["settings"]
+        previous = {name: current.get(name) for name in LOAD_SETTINGS}
+        # Recorded before the change, so a change that fails half way is still undone.
+        self.previous[index] = self.template if previous == LOAD_SETTINGS else previous
+        self.es.indices.put_settings(index=index, settings=LOAD_SETTINGS)
+
+    def __enter__(self) -> _LoadSettings:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        failed = []
+        for index, previous in self.previous.items():
+            try:
+                self.es.indices.put_settings(index=index, settings=previous)
+            except (ApiError, ESConnectionError, ConnectionTimeout) as error:
+                failed.append(f"{index}: {error}")
+        if failed and error_type is None:
+            raise LoadError(f"could not restore the index settings after the load: {'; '.join(failed)}")
+        for failure in failed:
+            log.error("could not restore the index settings of %s", failure)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value).lower()
 
 
 class _RejectsFile:

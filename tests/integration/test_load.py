@@ -321,3 +321,48 @@ def test_a_landing_url(es, tmp_path, index_prefix):
 def test_a_load_id_must_be_safe(es, settings):
     with pytest.raises(ValueError, match="load id"):
         load_landing_day(es, settings, DAY, load_id="../../etc")
+
+
+def index_settings(es: Elasticsearch, index: str) -> dict:
+    current = es.indices.get_settings(index=index, name=list(load.LOAD_SETTINGS), flat_settings=True)
+    return {name: current[index]["settings"].get(name) for name in load.LOAD_SETTINGS}
+
+
+def test_refresh_and_replicas_are_off_while_loading_and_restored_when_the_load_fails(
+    es, settings, index_prefix, monkeypatch
+):
+    write(settings, "a.jsonl", [hit(user_id=n) for n in range(300)])
+    index = f"{index_prefix}-2026.11.25-production"
+    load_landing_day(es, settings, DAY)
+    es.indices.put_settings(index=index, settings={"index.refresh_interval": "7s"})
+    before = index_settings(es, index)
+    assert before == {
+        "index.refresh_interval": "7s",
+        "index.number_of_replicas": "0",
+        "index.auto_expand_replicas": "0-1",
+    }
+    monkeypatch.setattr(load, "CHUNK_DOCS", 100)
+    real_bulk = Elasticsearch.bulk
+    during = []
+
+    def bulk_then_fail(self, **kwargs):
+        during.append(index_settings(es, index))
+        if len(during) == 2:
+            raise RuntimeError("the worker died")
+        return real_bulk(self, **kwargs)
+
+    monkeypatch.setattr(Elasticsearch, "bulk", bulk_then_fail)
+    with pytest.raises(RuntimeError, match="the worker died"):
+        load_landing_day(es, settings, DAY)
+    assert during[0] == load.LOAD_SETTINGS
+    assert index_settings(es, index) == before
+
+
+def test_settings_left_by_a_killed_load_are_repaired_by_the_next_one(es, settings, index_prefix):
+    write(settings, "a.jsonl", [hit()])
+    index = f"{index_prefix}-2026.11.25-production"
+    load_landing_day(es, settings, DAY)
+    template = index_settings(es, index)
+    es.indices.put_settings(index=index, settings=load.LOAD_SETTINGS)  # as a load killed with -9 leaves them
+    load_landing_day(es, settings, DAY)
+    assert index_settings(es, index) == template

@@ -1,0 +1,283 @@
+"""The benchmark's measurements, one function per stage; each returns a JSON-friendly dict.
+
+The ceiling and the naive baseline read the same pre-built NDJSON bulk bodies (the loader's exact documents and
+ids, built once, untimed), so only the sending differs. The loader and the DAG run in child processes
+(`bench.child`): peak RSS is then the loader's own, and Airflow's configuration stays out of this process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pandas as pd
+from elasticsearch import Elasticsearch, helpers
+
+from hitmetrics import aggregate, load
+from hitmetrics.config import Settings
+from hitmetrics.indexes import index_name, index_template
+from hitmetrics.ingest import Reject, find_day_files, landing_root, parse_file
+
+REPO = Path(__file__).resolve().parent.parent
+SCAN_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Bodies:
+    """Pre-serialized `_bulk` bodies in one file: (offset, length, documents) of each."""
+
+    path: Path
+    spans: list[tuple[int, int, int]]
+
+    @property
+    def docs(self) -> int:
+        return sum(docs for _, _, docs in self.spans)
+
+    def head(self, count: int) -> Bodies:
+        return Bodies(self.path, self.spans[:count])
+
+    def read(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as stream:
+            for offset, length, _ in self.spans:
+                stream.seek(offset)
+                yield stream.read(length)
+
+
+def build_bodies(settings: Settings, day: dt.date, index: str, path: Path) -> Bodies:
+    """The landing day's good records as the loader's documents and ids, in bulk bodies of `load.CHUNK_BYTES`."""
+    files, _ = find_day_files(landing_root(settings.landing), day)
+    environments = frozenset(settings.environments)
+    spans: list[tuple[int, int, int]] = []
+    with open(path, "wb") as out:
+        body, docs = bytearray(), 0
+
+        def flush() -> None:
+            nonlocal body, docs
+            if docs:
+                spans.append((out.tell(), len(body), docs))
+                out.write(body)
+            body, docs = bytearray(), 0
+
+        for file in files:
+            template = load._action_template(index, load._id_prefix(file.source_file))
+            for item in parse_file(file, environments):
+                if type(item) is Reject:
+                    continue
+                record = item.record
+                source = {
+                    "page": record.page,
+                    "datetime": record.datetime,
+                    "user_id": record.user_id,
+                    "environment": record.environment,
+                    "source_file": file.source_file,
+                    "load_id": "bench",
+                }
+                body += template % item.line
+                body += orjson.dumps(source, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE)
+                docs += 1
+                if len(body) >= load.CHUNK_BYTES:
+                    flush()
+        flush()
+    return Bodies(path, spans)
+
+
+def create_plain_index(es: Elasticsearch, settings: Settings, name: str, *, tuned: bool) -> None:
+    """An index with the daily indexes' mapping and settings; `tuned` adds the loader's load-time settings."""
+    template = index_template(settings)["template"]
+    index_settings = {**template["settings"], **(load.LOAD_SETTINGS if tuned else {})}
+    es.indices.create(index=name, settings=index_settings, mappings=template["mappings"])
+
+
+def ceiling(es: Elasticsearch, es_url: str, bodies: Bodies, index: str, clients: int) -> dict[str, Any]:
+    """Raw ingest: the bodies POSTed as they are by `clients` threads, each with its own HTTP connection."""
+    address = urlsplit(es_url)
+    work: queue.Queue[bytes | None] = queue.Queue(maxsize=clients * 2)
+    failures: list[str] = []
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=600)
+        try:
+            while (body := work.get()) is not None:
+                connection.request("POST", "/_bulk?filter_path=errors", body, {"Content-Type": "application/x-ndjson"})
+                answer = connection.getresponse()
+                text = answer.read()
+                if answer.status != 200 or orjson.loads(text).get("errors"):
+                    failures.append(f"{answer.status} {text[:300]!r}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for body in bodies.read():
+        work.put(body)
+    for _ in threads:
+        work.put(None)
+    for thread in threads:
+        thread.join()
+    es.indices.refresh(index=index)
+    seconds = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"the ceiling run had {len(failures)} failed request(s); first: {failures[0]}")
+    return _rate(bodies.docs, seconds) | {"clients": clients, "body_bytes": load.CHUNK_BYTES}
+
+
+def naive(es: Elasticsearch, bodies: Bodies, index: str) -> dict[str, Any]:
+    """`elasticsearch.helpers.bulk` with its defaults, fed the same documents as dicts."""
+
+    def actions() -> Iterator[dict[str, Any]]:
+        loads = orjson.loads
+        for body in bodies.read():
+            lines = body.splitlines()
+            for action, source in zip(lines[::2], lines[1::2], strict=True):
+                yield {"_index": index, "_id": loads(action)["index"]["_id"], "_source": loads(source)}
+
+    started = time.perf_counter()
+    done, errors = helpers.bulk(es, actions())
+    es.indices.refresh(index=index)
+    seconds = time.perf_counter() - started
+    if errors or done != bodies.docs:
+        raise RuntimeError(f"the naive baseline loaded {done} of {bodies.docs} documents: {errors}")
+    return _rate(done, seconds)
+
+
+def run_child(stage: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run `python -m bench.child <stage>` and return the JSON it prints last."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.child", stage, json.dumps(arguments)],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.child {stage} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def loader(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """Our loader on the landing files, end to end, in a child process that also reports its peak RSS."""
+    result = run_child("loader", _child_settings(settings) | {"day": day.isoformat()})
+    return _rate(result["loaded"], result["seconds"]) | result
+
+
+def rollups(es: Elasticsearch, settings: Settings, partitions: list[tuple[str, str]]) -> dict[str, Any]:
+    """Each partition's rollups through `aggregate_partition`, against a scan of every hit grouped in pandas.
+
+    Both produce the four tables' rows; hits must agree exactly, unique users within the cardinality's error.
+    """
+    ours_s = pandas_s = 0.0
+    hits_agree = True
+    users_error = 0.0
+    scanned = 0
+    for day_text, environment in partitions:
+        day = dt.date.fromisoformat(day_text)
+        index = index_name(settings.index_prefix, day, environment)
+        started = time.perf_counter()
+        aggs = aggregate.aggregate_partition(es, index, day, environment, settings.timezone)
+        ours_s += time.perf_counter() - started
+        started = time.perf_counter()
+        frames, hits = pandas_rollups(es, index, day, environment, settings.timezone)
+        pandas_s += time.perf_counter() - started
+        scanned += hits
+        ours = {(row.page, row.bucket_start): (row.hits, row.unique_users) for row in aggs.by_page_30m}
+        theirs = frames["by_page_30m"]
+        theirs = {(page, start.to_pydatetime()): (h, u) for (page, start), (h, u) in theirs.iterrows()}
+        hits_agree &= {k: h for k, (h, _) in ours.items()} == {k: h for k, (h, _) in theirs.items()}
+        for key, (_, users) in theirs.items():
+            users_error = max(users_error, abs(ours.get(key, (0, 0))[1] - users) / users)
+    return {
+        "partitions": len(partitions),
+        "hits": scanned,
+        "ours_seconds": round(ours_s, 3),
+        "pandas_seconds": round(pandas_s, 3),
+        "speedup": round(pandas_s / ours_s, 2) if ours_s else None,
+        "hits_agree": hits_agree,
+        "unique_users_max_relative_error": round(users_error, 5),
+    }
+
+
+def pandas_rollups(
+    es: Elasticsearch, index: str, day: dt.date, environment: str, tz: str
+) -> tuple[dict[str, pd.DataFrame], int]:
+    """The baseline: every hit of the partition fetched (point in time, search_after) and grouped in pandas."""
+    start, end = aggregate.day_bounds(day, tz)
+    query = {
+        "bool": {
+            "filter": [
+                {"term": {"environment": environment}},
+                {"range": {"datetime": {"gte": start.isoformat(), "lt": end.isoformat()}}},
+            ]
+        }
+    }
+    rows: list[dict[str, Any]] = []
+    pit = es.open_point_in_time(index=index, keep_alive="2m")["id"]
+    try:
+        search_after = None
+        while True:
+            page = es.search(
+                pit={"id": pit, "keep_alive": "2m"}, query=query, sort=["_shard_doc"], size=SCAN_PAGE,
+                search_after=search_after, source=["page", "datetime", "user_id"], track_total_hits=False,
+            )  # fmt: skip
+            pit = page.get("pit_id", pit)
+            hits = page["hits"]["hits"]
+            rows.extend(hit["_source"] for hit in hits)
+            if len(hits) < SCAN_PAGE:
+                break
+            search_after = hits[-1]["sort"]
+    finally:
+        es.close_point_in_time(id=pit)
+    frame = pd.DataFrame(rows)
+    local = pd.to_datetime(frame["datetime"], utc=True, format="ISO8601").dt.tz_convert(tz)
+    frame["bucket_start"] = local.dt.floor("30min", ambiguous="infer", nonexistent="shift_forward").dt.tz_convert("UTC")
+
+    def measures(keys: list[str]) -> pd.DataFrame:
+        return frame.groupby(keys).agg(hits=("user_id", "size"), unique_users=("user_id", "nunique"))
+
+    frames = {
+        "by_page_30m": measures(["page", "bucket_start"]),
+        "by_env_30m": measures(["bucket_start"]),
+        "by_page_daily": measures(["page"]),
+        "by_env_daily": pd.DataFrame({"hits": [len(frame)], "unique_users": [frame["user_id"].nunique()]}),
+    }
+    return frames, len(frame)
+
+
+def nightly_dag(settings: Settings, day: dt.date, rollups_url: str) -> dict[str, Any]:
+    """The `hits_nightly` DAG for the day with `dag.test()`, in a child process with its own AIRFLOW_HOME."""
+    return run_child("dag", _child_settings(settings) | {"day": day.isoformat(), "rollups_url": rollups_url})
+
+
+def _child_settings(settings: Settings) -> dict[str, Any]:
+    return {
+        "es_url": settings.es_url,
+        "landing": settings.landing,
+        "data_dir": str(settings.data_dir),
+        "index_prefix": settings.index_prefix,
+    }
+
+
+def _rate(docs: int, seconds: float) -> dict[str, Any]:
+    return {"docs": docs, "seconds": round(seconds, 3), "docs_per_s": round(docs / seconds) if seconds else None}
+
+
+def machine() -> dict[str, Any]:
+    """Cores, memory and CPU model of this machine."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    return {"cores": os.cpu_count(), "memory_gib": round(memory / 2**30, 1), "cpu": model}

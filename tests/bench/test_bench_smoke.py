@@ -1,0 +1,40 @@
+"""The benchmark in smoke mode (2,000 hits) on the session's node: it runs every stage and writes its results.
+
+Only the shape of the output is checked, never timings: CI machines are too noisy for that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("ceiling", "naive", "loader", "rollups", "dag")
+
+
+def test_the_benchmark_runs_every_stage_in_smoke_mode(es_url: str, index_prefix: str, tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--es-url", es_url, "--prefix", index_prefix, "--output", output],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for stage in ("1. ceiling", "2. naive", "3. our loader", "peak RSS", "4. rollups", "5. nightly DAG"):
+        assert stage in done.stdout
+
+    results = json.loads(output.read_text())
+    run = results["runs"]["2000"]
+    assert run["smoke"] is True
+    assert set(STAGES) <= set(run)
+    for stage in ("ceiling", "naive", "loader"):
+        assert run[stage]["docs"] == run["prepare"]["good"] == 2000
+        assert run[stage]["docs_per_s"] > 0
+    assert run["loader"]["read"] == run["loader"]["loaded"] + run["loader"]["rejected"]
+    assert run["loader"]["peak_rss_bytes"] > 0
+    assert {"ratio_to_ceiling", "ratio_to_naive"} <= set(run["loader"])
+    assert run["rollups"]["hits"] == 2000 and run["rollups"]["hits_agree"] is True
+    assert run["rollups"]["ours_seconds"] > 0 and run["rollups"]["pandas_seconds"] > 0
+    assert run["dag"]["state"] == "success"
+    assert {"cores", "memory_gib", "node_heap", "elasticsearch"} <= set(run["machine"])
