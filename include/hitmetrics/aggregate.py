@@ -20,13 +20,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, Elasticsearch
 
 BUCKET_INTERVAL = "30m"
 # The cardinality aggregation's highest precision: distinct counts up to this many users are exact in practice.
 CARDINALITY_PRECISION = 40_000
-# Buckets per composite response: far below search.max_buckets, yet few requests for thousands of pages.
-COMPOSITE_PAGE_SIZE = 1000
+# Buckets per composite response. Each response is a pass over the partition, so fewer, larger pages are much
+# faster; a cluster that refuses the size (search.max_buckets, a memory circuit breaker) gets half as many.
+COMPOSITE_PAGE_SIZE = 10_000
+MIN_COMPOSITE_PAGE_SIZE = 100
+_REFUSED_AS_TOO_LARGE = ("too_many_buckets", "circuit_breaking")
 POINT_IN_TIME_KEEP_ALIVE = "5m"
 FILE_FORMAT = 1
 
@@ -221,13 +224,24 @@ def aggregate_partition(
 def _composite(
     search: Callable[..., dict[str, Any]], sources: list[dict[str, Any]], sub_aggs: dict[str, Any], page_size: int
 ) -> Iterator[dict[str, Any]]:
-    """Every bucket of a composite aggregation, one response of `page_size` buckets at a time."""
+    """Every bucket of a composite aggregation, one response of up to `page_size` buckets at a time.
+
+    A response the cluster refuses as too large is asked for again with half the size, down to
+    `MIN_COMPOSITE_PAGE_SIZE`; later pages keep the size that worked.
+    """
     after: dict[str, Any] | None = None
     while True:
         composite: dict[str, Any] = {"size": page_size, "sources": sources}
         if after is not None:
             composite["after"] = after
-        result = search(aggs={"buckets": {"composite": composite, "aggs": sub_aggs}})["aggregations"]["buckets"]
+        try:
+            response = search(aggs={"buckets": {"composite": composite, "aggs": sub_aggs}})
+        except ApiError as error:
+            if page_size <= MIN_COMPOSITE_PAGE_SIZE or not any(r in str(error.body) for r in _REFUSED_AS_TOO_LARGE):
+                raise
+            page_size //= 2
+            continue
+        result = response["aggregations"]["buckets"]
         yield from result["buckets"]
         after = result.get("after_key")
         if after is None or not result["buckets"]:
