@@ -38,3 +38,14 @@ def test_the_benchmark_runs_every_stage_in_smoke_mode(es_url: str, index_prefix:
     assert run["rollups"]["ours_seconds"] > 0 and run["rollups"]["pandas_seconds"] > 0
     assert run["dag"]["state"] == "success"
     assert {"cores", "memory_gib", "node_heap", "elasticsearch"} <= set(run["machine"])
+
+
+def test_the_ui_page_benchmark_runs(tmp_path: Path) -> None:
+    output = tmp_path / "ui.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ui_page", "--pages", "50", "--repeat", "1", "--output", output],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "page view through hitmetrics.dashboard" in done.stdout
+    assert {"page_view_seconds", "scan_and_group_seconds", "speedup"} <= set(json.loads(output.read_text()))
