@@ -54,6 +54,8 @@ def hits_nightly():
     @task(multiple_outputs=False)
     def create_indexes() -> dict:
         """Resolve the run's day and environments, and create the day's indexes ahead of the load."""
+        from dataclasses import asdict
+
         from airflow.sdk.exceptions import AirflowFailException
 
         from hitmetrics import pipeline
@@ -73,7 +75,7 @@ def hits_nightly():
         except ConfigError as error:  # a wrong parameter or setting: retrying cannot help
             raise AirflowFailException(str(error)) from error
         pipeline.prepare_indexes(elasticsearch_client(settings), settings, plan)
-        return pipeline.asdict(plan)
+        return asdict(plan)
 
     @task(multiple_outputs=False)
     def load_hits(plan: dict) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,12 +18,11 @@ from elasticsearch import Elasticsearch
 
 from hitmetrics import aggregate, indexes, rollup
 from hitmetrics.config import ConfigError, Settings
-from hitmetrics.load import LoadProgress, LoadReport, TooManyRejects, load_landing_day
+from hitmetrics.load import LoadReport, TooManyRejects, load_landing_day
 
-__all__ = ["RunPlan", "TooManyRejects", "asdict", "plan_run"]
+__all__ = ["RunPlan", "TooManyRejects", "plan_run"]
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY_S = 10
 
 
 @dataclass(frozen=True)
@@ -68,23 +66,13 @@ def prepare_indexes(es: Elasticsearch, settings: Settings, plan: RunPlan) -> lis
 
 
 def load_day(es: Elasticsearch, settings: Settings, plan: RunPlan, landing: Any) -> LoadReport:
-    """Load the plan's landing folder, logging progress at most every few seconds.
+    """Load the plan's landing folder (the loader logs its progress).
 
     Each attempt gets a fresh load id, so a retry after a cut-off load still ends exact. A full reload accepts a
     folder that is gone and removes everything it contributed; otherwise a missing folder fails.
     """
-    last = time.monotonic()
-
-    def progress(state: LoadProgress) -> None:
-        nonlocal last
-        if time.monotonic() - last >= PROGRESS_EVERY_S:
-            last = time.monotonic()
-            log.info("loading %s: %s", plan.landing_day, state)
-
-    return load_landing_day(
-        es, settings, dt.date.fromisoformat(plan.landing_day), landing=landing, progress=progress,
-        missing_ok=plan.full_reload,
-    )  # fmt: skip
+    day = dt.date.fromisoformat(plan.landing_day)
+    return load_landing_day(es, settings, day, landing=landing, missing_ok=plan.full_reload)
 
 
 def report_dict(report: LoadReport) -> dict[str, Any]:
