@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import orjson
 import pandas as pd
 from elasticsearch import Elasticsearch, helpers
@@ -71,22 +72,17 @@ def build_bodies(settings: Settings, day: dt.date, index: str, path: Path) -> Bo
                 out.write(body)
             body, docs = bytearray(), 0
 
+        encode_into = msgspec.json.Encoder().encode_into
         for file in files:
             template = load._action_template(index, load._id_prefix(file.source_file))
             for item in parse_file(file, environments):
                 if type(item) is Reject:
                     continue
-                record = item.record
-                source = {
-                    "page": record.page,
-                    "datetime": record.datetime,
-                    "user_id": record.user_id,
-                    "environment": record.environment,
-                    "source_file": file.source_file,
-                    "load_id": "bench",
-                }
                 body += template % item.line
-                body += orjson.dumps(source, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE)
+                record = item.record
+                source = load._Source(*record, file.source_file, "bench")
+                encode_into(source, body, -1)
+                body += b"\n"
                 docs += 1
                 if len(body) >= load.CHUNK_BYTES:
                     flush()

@@ -1,5 +1,10 @@
 """Find a landing day's files and parse them, streaming, into valid records and rejects.
 
+Speed: files are read in blocks split in C; a usual record takes a fast path (a JSON line is decoded and checked
+by msgspec in one call, a CSV line without quotes is split on commas) and only anything else the full way
+(`validate_hit`, the csv module), which accepts it or says why not. The fast paths only ever accept what the full
+way accepts (tests/unit/test_ingest.py compares them on tricky records).
+
 The landing root is a `pathlib.Path` or any pathlib-like object (`universal_pathlib`'s `UPath`, Airflow's
 `ObjectStoragePath`) offering `/`, `rglob` (or `iterdir`), `is_dir()` and `open("rb")`.
 """
@@ -9,20 +14,33 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import gzip
+import itertools
 import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NamedTuple, Protocol
+from typing import IO, Annotated, NamedTuple, Protocol
 
+import msgspec
 import orjson
 
-from hitmetrics.model import FIELDS, HitRecord, InvalidHit, validate_hit, validate_text_hit
+from hitmetrics.model import (
+    FIELDS,
+    MAX_PAGE_LENGTH,
+    MAX_USER_ID,
+    HitRecord,
+    InvalidHit,
+    plain_utc,
+    validate_hit,
+    validate_text_hit,
+)
 
 FORMATS = (".jsonl", ".ndjson", ".csv")
 # A valid hit is a few KB at most; a longer line is rejected without ever holding more than this in memory.
 MAX_LINE_BYTES = 1 << 20
 MAX_RAW_BYTES = 4096
+BLOCK_BYTES = 1 << 16
+BATCH_RECORDS = 1024
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -41,10 +59,32 @@ class MissingLandingDay(FileNotFoundError):
     """The landing folder of a day does not exist."""
 
 
-class ParsedHit(NamedTuple):
-    record: HitRecord
+class ParsedHit(msgspec.Struct, frozen=True):
+    """A valid record and where it came from. Flat, and a msgspec struct: the loader reads millions of them."""
+
+    page: str
+    datetime: dt.datetime
+    user_id: int
+    environment: str
     source_file: str
     line: int
+
+    @property
+    def record(self) -> HitRecord:
+        return HitRecord(self.page, self.datetime, self.user_id, self.environment)
+
+
+class _JsonHit(msgspec.Struct):
+    """A JSON record decoded and checked in one C call (the fast path); other keys are ignored, as by
+    `validate_hit`. Its constraints are `validate_hit`'s, so a record it takes is one `validate_hit` takes."""
+
+    page: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PAGE_LENGTH)]
+    datetime: str
+    user_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_USER_ID)]
+    environment: str
+
+
+_decode_json_hit = msgspec.json.Decoder(_JsonHit).decode
 
 
 class Reject(NamedTuple):
@@ -116,37 +156,79 @@ def parse_file(file: LandingFile, environments: Collection[str]) -> Iterator[Par
 
     A file that stops being readable part way (truncated gzip) yields one last reject for the rest.
     """
+    for batch in parse_batches(file, environments):
+        yield from batch
+
+
+def parse_batches(file: LandingFile, environments: Collection[str]) -> Iterator[list[ParsedHit | Reject]]:
+    """`parse_file` in lists of up to `BATCH_RECORDS` items: a loop over a list costs less per record."""
     with file.path.open("rb") as raw_stream:
         stream = gzip.GzipFile(fileobj=raw_stream) if file.is_gzip else raw_stream
         lines = _Lines(stream)
-        try:
-            if file.is_csv:
-                yield from _parse_csv(file.source_file, lines, environments)
-            else:
-                yield from _parse_json_lines(file.source_file, lines, environments)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-            yield Reject(file.source_file, lines.number + 1, f"the rest of the file is unreadable: {error}", "")
+        parse = _parse_csv if file.is_csv else _parse_json_lines
+        yield from parse(file.source_file, lines.numbered(), environments)
+        if lines.error is not None:
+            reason = f"the rest of the file is unreadable: {lines.error}"
+            yield [Reject(file.source_file, lines.number + 1, reason, "")]
 
 
 class _Lines:
-    """Numbered lines of a binary stream, each at most `MAX_LINE_BYTES` (longer ones are cut and flagged)."""
+    """The numbered lines of a binary stream, without their end of line.
+
+    The stream is read in blocks split in C, and `numbered()` chains them in C: a Python step per line would
+    cost more than parsing it. A line of `MAX_LINE_BYTES` or more is cut to that length (and is too long
+    exactly when its length is that); the rest of it is never held in memory. A stream that stops being
+    readable ends the lines and leaves the error in `error`.
+    """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
-        self.number = 0
+        self.number = 0  # of the last line handed out
+        self.error: Exception | None = None
 
-    def __iter__(self) -> Iterator[tuple[int, bytes, bool]]:
-        """(line number, line without its end-of-line, whether it was too long)."""
-        readline = self.stream.readline
-        while line := readline(MAX_LINE_BYTES):
-            self.number += 1
-            too_long = not line.endswith(b"\n") and len(line) == MAX_LINE_BYTES
-            if too_long:
-                while (rest := readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                    pass
-            if self.number == 1 and line.startswith(_BOM):
-                line = line[len(_BOM) :]
-            yield self.number, line.rstrip(b"\r\n"), too_long
+    def numbered(self) -> Iterator[tuple[int, bytes]]:
+        return itertools.chain.from_iterable(enumerate(block, start) for start, block in self._blocks())
+
+    def _blocks(self) -> Iterator[tuple[int, list[bytes]]]:
+        """(number of the first line, the lines) for each block read."""
+        limit = MAX_LINE_BYTES
+        pending = b""  # the start of a line whose end is in a later block
+        skipping = False  # inside a too-long line already handed out
+        while True:
+            try:
+                block = self.stream.read(BLOCK_BYTES)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+                self.error = error
+                return
+            if not block:
+                break
+            if skipping:
+                end = block.find(b"\n")
+                if end < 0:
+                    continue
+                block, skipping = block[end + 1 :], False
+            data = pending + block if pending else block
+            lines = data.split(b"\n")
+            pending = lines.pop()
+            if len(pending) >= limit:
+                lines.append(pending)
+                pending, skipping = b"", True
+            if lines:
+                yield self._cleaned(lines, b"\r" in data)
+        if pending:
+            yield self._cleaned([pending], b"\r" in pending)
+
+    def _cleaned(self, lines: list[bytes], has_cr: bool) -> tuple[int, list[bytes]]:
+        # Whole-list operations: these cases are rare and the common one costs no Python step per line.
+        start = self.number + 1
+        self.number += len(lines)
+        if start == 1 and lines[0].startswith(_BOM):
+            lines[0] = lines[0][len(_BOM) :]
+        if has_cr:
+            lines = [line.rstrip(b"\r") for line in lines]
+        if max(map(len, lines)) >= MAX_LINE_BYTES:
+            lines = [line[:MAX_LINE_BYTES] for line in lines]
+        return start, lines
 
 
 def _raw_text(data: bytes) -> str:
@@ -155,43 +237,139 @@ def _raw_text(data: bytes) -> str:
     return text + "…" if len(data) > MAX_RAW_BYTES else text
 
 
-def _parse_json_lines(source_file: str, lines: _Lines, environments: Collection[str]) -> Iterator[ParsedHit | Reject]:
-    loads = orjson.loads
-    for number, line, too_long in lines:
-        if too_long:
-            yield Reject(source_file, number, f"line is longer than {MAX_LINE_BYTES} bytes", _raw_text(line))
-            continue
-        try:
-            raw = loads(line)
-        except orjson.JSONDecodeError as error:
-            if not line.strip():
+def _too_long() -> str:
+    return f"line is longer than {MAX_LINE_BYTES} bytes"
+
+
+def _parse_json_lines(
+    source_file: str, numbered: Iterator[tuple[int, bytes]], environments: Collection[str]
+) -> Iterator[list[ParsedHit | Reject]]:
+    decode, limit = _decode_json_hit, MAX_LINE_BYTES
+    batch: list[ParsedHit | Reject] = []
+    for number, line in numbered:
+        if len(line) < limit:
+            try:
+                hit = decode(line)
+            except (msgspec.MsgspecError, UnicodeDecodeError):
+                pass
+            else:
+                instant = plain_utc(hit.datetime)
+                if instant is not None and hit.environment in environments:
+                    batch.append(ParsedHit(hit.page, instant, hit.user_id, hit.environment, source_file, number))
+                    if len(batch) >= BATCH_RECORDS:
+                        yield batch
+                        batch = []
+                    continue
+        # Anything else takes the full way, which accepts the record or says why not.
+        item = _json_record(source_file, number, line, environments)
+        if item is not None:
+            batch.append(item)
+    if batch:
+        yield batch
+
+
+def _json_record(
+    source_file: str, number: int, line: bytes, environments: Collection[str]
+) -> ParsedHit | Reject | None:
+    """One JSON line the full way: a `ParsedHit`, a `Reject` saying why, or None for a blank line."""
+    if len(line) >= MAX_LINE_BYTES:
+        return Reject(source_file, number, _too_long(), _raw_text(line))
+    try:
+        raw = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return Reject(source_file, number, f"invalid JSON: {error}", _raw_text(line)) if line.strip() else None
+    if type(raw) is not dict:
+        return Reject(source_file, number, "not a JSON object", _raw_text(line))
+    try:
+        return ParsedHit(*validate_hit(raw, environments), source_file, number)
+    except InvalidHit as error:
+        return Reject(source_file, number, str(error), _raw_text(line))
+
+
+def _parse_csv(
+    source_file: str, numbered: Iterator[tuple[int, bytes]], environments: Collection[str]
+) -> Iterator[list[ParsedHit | Reject]]:
+    limit = MAX_LINE_BYTES
+    batch: list[ParsedHit | Reject] = []
+    header: dict[str, int] | None = None
+    header_problem = ""
+    width = 0
+    ipage = idatetime = iuser = ienvironment = 0
+    for number, line in numbered:
+        # The fast path: a line without quotes is one record whose cells are its comma-separated parts, as csv
+        # would read it, and `validate_text_hit`'s rules for the usual record. Anything else takes the full way.
+        if width and len(line) < limit and b'"' not in line and b"\r" not in line and b"\0" not in line:
+            try:
+                row = line.decode().split(",")
+            except UnicodeDecodeError:
+                row = []
+            if len(row) == width:
+                page, user_id, environment = row[ipage], row[iuser], row[ienvironment]
+                if (
+                    0 < len(page) <= MAX_PAGE_LENGTH
+                    and environment in environments
+                    and user_id.isascii()
+                    and user_id.isdigit()
+                    and (number_id := int(user_id)) <= MAX_USER_ID
+                    and (instant := plain_utc(row[idatetime])) is not None
+                ):
+                    batch.append(ParsedHit(page, instant, number_id, environment, source_file, number))
+                    if len(batch) >= BATCH_RECORDS:
+                        yield batch
+                        batch = []
+                    continue
+        if len(line) >= limit or b'"' in line or b"\r" in line or b"\0" in line:
+            row, reason, raw_lines = _csv_record((number, line), numbered)
+            if not reason and not any(cell.strip() for cell in row):
                 continue
-            yield Reject(source_file, number, f"invalid JSON: {error}", _raw_text(line))
-            continue
-        if type(raw) is not dict:
-            yield Reject(source_file, number, "not a JSON object", _raw_text(line))
-            continue
-        try:
-            yield ParsedHit(validate_hit(raw, environments), source_file, number)
-        except InvalidHit as error:
-            yield Reject(source_file, number, str(error), _raw_text(line))
+        else:
+            raw_lines = [line]
+            try:
+                text = line.decode()
+            except UnicodeDecodeError:
+                row, reason = [], "not valid UTF-8"
+            else:
+                if not text.replace(",", "").strip():
+                    continue
+                row, reason = text.split(","), ""
+        if header is None and not header_problem:
+            header, header_problem = _read_header(row, reason)
+            if header is not None:
+                width = len(row)
+                ipage, idatetime, iuser, ienvironment = (header[name] for name in FIELDS)
+                continue
+        reason = reason or header_problem
+        if not reason and len(row) != width:
+            reason = f"{len(row)} fields where the header has {width}"
+        if not reason:
+            try:
+                record = validate_text_hit({name: row[i] for name, i in header.items()}, environments)
+                batch.append(ParsedHit(*record, source_file, number))
+            except InvalidHit as error:
+                reason = str(error)
+        if reason:
+            batch.append(Reject(source_file, number, reason, _raw_text(b"\n".join(raw_lines))))
+        if len(batch) >= BATCH_RECORDS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
-def _parse_csv(source_file: str, lines: _Lines, environments: Collection[str]) -> Iterator[ParsedHit | Reject]:
-    # csv pulls as many physical lines as a record needs (quoted newlines): keep them for the reject's raw text,
-    # with the first problem found while decoding them.
-    pending: list[bytes] = []
-    first_line = 0
+def _csv_record(first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]) -> tuple[list[str], str, list[bytes]]:
+    """One record read by csv from `first` on, pulling the lines it needs from `rest` (quoted line breaks).
+
+    Returns (its cells, the first problem found or "", its physical lines for a reject's raw text).
+    """
+    raw_lines: list[bytes] = []
     problem = ""
 
     def text_lines() -> Iterator[str]:
-        nonlocal first_line, problem
-        for number, line, too_long in lines:
-            if not pending:
-                first_line = number
-            pending.append(line)
-            if too_long:
-                problem = problem or f"line is longer than {MAX_LINE_BYTES} bytes"
+        nonlocal problem
+        for _, line in itertools.chain([first], rest):
+            raw_lines.append(line)
+            if len(line) >= MAX_LINE_BYTES:
+                problem = problem or _too_long()
                 yield "\n"  # never hand csv a cut line: an open quote would swallow the lines after it
                 continue
             try:
@@ -200,39 +378,11 @@ def _parse_csv(source_file: str, lines: _Lines, environments: Collection[str]) -
                 problem = problem or "not valid UTF-8"
                 yield line.decode("utf-8", "replace") + "\n"
 
-    reader = csv.reader(text_lines(), strict=True)
-    header: dict[str, int] | None = None
-    header_problem = ""
-    width = 0
-    while True:
-        try:
-            row = next(reader)
-            reason = problem
-        except StopIteration:
-            break
-        except csv.Error as error:
-            row, reason = [], problem or f"invalid CSV: {error}"
-        number, raw, problem = first_line, _raw_text(b"\n".join(pending)), ""
-        pending.clear()
-        if not reason and not any(cell.strip() for cell in row):
-            continue
-        if header is None and not header_problem:
-            header, header_problem = _read_header(row, reason)
-            if header is not None:
-                width = len(row)
-                continue
-        reason = reason or header_problem
-        if not reason and len(row) != width:
-            reason = f"{len(row)} fields where the header has {width}"
-        if not reason:
-            try:
-                yield ParsedHit(
-                    validate_text_hit({name: row[i] for name, i in header.items()}, environments), source_file, number
-                )
-                continue
-            except InvalidHit as error:
-                reason = str(error)
-        yield Reject(source_file, number, reason, raw)
+    try:
+        row = next(csv.reader(text_lines(), strict=True))
+    except csv.Error as error:
+        return [], problem or f"invalid CSV: {error}", raw_lines
+    return row, problem, raw_lines
 
 
 def _read_header(row: list[str], problem: str) -> tuple[dict[str, int] | None, str]:

@@ -6,9 +6,11 @@ folder no longer contributes, in whichever day's index it went. Re-runs, retries
 and reloads of corrected folders all end with exactly the folder's current good records. Only server-core APIs
 are used (bulk, point in time, search_after, count), no `_delete_by_query`.
 
-Speed: bulk bodies are built as bytes (orjson; the action line from a template), sized by bytes, with several
-requests in flight while the next body is parsed; responses carry only each item's status. While a load writes,
-its indexes have refresh off and no replicas; their previous settings come back when the write phase ends, also
+Speed: records are parsed and checked mostly in C (msgspec, see `ingest.py`) and each `_source` is encoded by
+msgspec straight onto the end of the bulk body (the action line from a template). Bodies are sized by bytes, with
+several requests in flight while the next body is parsed; a request is answered only with whether anything
+failed. Indexes are created and tuned in the background while records are parsed. While a load writes, its
+indexes have refresh off and no replicas; their previous settings come back when the write phase ends, also
 when it fails.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import orjson
 from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch
 from elasticsearch import ConnectionError as ESConnectionError
@@ -42,7 +46,7 @@ from hitmetrics.ingest import (
     Reject,
     find_day_files,
     landing_root,
-    parse_file,
+    parse_batches,
 )
 from hitmetrics.model import Hit
 
@@ -72,9 +76,11 @@ MAX_BACKOFF_S = 30.0
 RETRY_STATUS = (429, 502, 503, 504)
 PROGRESS_EVERY_S = 10.0
 SWEEP_PAGE = 5_000
-# Only each item's status (and error), not its index, id, version and shard info: a fraction of the bytes to
-# produce, send and parse. Items keep their positions, so the sent chunk says which document each one is.
-BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
+# A request is first sent asking only whether anything failed: producing, sending and parsing a status per item
+# costs the node and the loader time on every request. Only when something failed is it sent again (index and
+# delete are idempotent here) asking for each item's status and error, in the chunk's order.
+QUICK_FILTER_PATH = "errors"
+ITEMS_FILTER_PATH = "errors,items.*.status,items.*.error"
 
 # Index settings while a load writes (refresh off, no replicas), the usual bulk-load tuning. The settings they
 # replace are put back afterwards; settings found equal to these were left by a load that was killed before it
@@ -85,11 +91,24 @@ LOAD_SETTINGS = {
     "index.auto_expand_replicas": "false",
 }
 
+RESTORE_BATCH = 50  # index names per settings request, well under any URL length limit
+
 LOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 
 Partition = tuple[dt.date, str]
 # One bulk operation: (index, action line, source line or None for a delete), each line ending in a newline.
 Action = tuple[str, bytes, bytes | None]
+
+
+class _Source(msgspec.Struct):
+    """A document's `_source`, encoded by msgspec straight onto the end of a bulk body."""
+
+    page: str
+    datetime: dt.datetime
+    user_id: int
+    environment: str
+    source_file: str
+    load_id: str
 
 
 class LoadError(RuntimeError):
@@ -260,63 +279,72 @@ def _write_documents(
         tz, prefix = settings.tz, settings.index_prefix
         utc = settings.timezone == "UTC"
         environments = frozenset(settings.environments)
-        index_of: dict[Partition, str] = {}
-        dumps, options = orjson.dumps, orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+        encode_into = msgspec.json.Encoder().encode_into
+        # Each index is created and tuned in the background while records are parsed; a chunk is sent only
+        # once its indexes are ready (see `_send_chunk`).
+        ready_of: dict[str, Future[None]] = {}
+
+        def prepare_index(day: dt.date, environment: str, index: str) -> None:
+            if create_index(es, prefix, day, environment):
+                log.info("created index %s", index)
+            tuned.apply(index)
+
+        def open_index(day: dt.date, environment: str) -> str:
+            index = index_name(prefix, day, environment)
+            if index not in ready_of:
+                ready_of[index] = preparer.submit(prepare_index, day, environment, index)
+            return index
+
+        def chunk() -> _Chunk:
+            return _Chunk([bytes(body)], per_index, [ready_of[index] for index in per_index])
+
         body, per_index, docs = bytearray(), Counter(), 0
         for file in files:
             source_file = file.source_file
-            # Per file and index, everything of the action line but the line number: one format per record.
-            action_of: dict[str, bytes] = {}
             id_prefix = _id_prefix(source_file)
-            for item in parse_file(file, environments):
-                report.read += 1
+            # (day, environment) -> the index and its action line but the line number: one lookup per record.
+            target_of: dict[Partition, tuple[str, bytes]] = {}
+            for item in itertools.chain.from_iterable(parse_batches(file, environments)):
                 if type(item) is Reject:
+                    report.read += 1
                     report.rejected += 1
                     rejects.write(item)
                     continue
-                record = item.record
-                instant = record.datetime
-                day = instant.date() if utc else instant.astimezone(tz).date()
-                index = index_of.get((day, record.environment))
-                if index is None:
-                    index = index_of[day, record.environment] = index_name(prefix, day, record.environment)
-                    if create_index(es, prefix, day, record.environment):
-                        log.info("created index %s", index)
-                    tuned.apply(index)
-                action = action_of.get(index)
-                if action is None:
-                    action = action_of[index] = _action_template(index, id_prefix)
-                source = {
-                    "page": record.page,
-                    "datetime": instant,
-                    "user_id": record.user_id,
-                    "environment": record.environment,
-                    "source_file": source_file,
-                    "load_id": load_id,
-                }
+                instant, environment = item.datetime, item.environment
+                key = (instant.date() if utc else instant.astimezone(tz).date(), environment)
+                target = target_of.get(key)
+                if target is None:
+                    index = open_index(*key)
+                    target = target_of[key] = (index, _action_template(index, id_prefix))
+                index, action = target
                 body += action % item.line
-                body += dumps(source, option=options)
+                encode_into(_Source(item.page, instant, item.user_id, environment, source_file, load_id), body, -1)
+                body += b"\n"
                 per_index[index] += 1
                 docs += 1
                 if docs >= CHUNK_DOCS or len(body) >= CHUNK_BYTES:
-                    yield _Chunk([bytes(body)], per_index)
+                    report.read += docs
+                    yield chunk()
                     body, per_index, docs = bytearray(), Counter(), 0
             files_done += 1
         if docs:
-            yield _Chunk([bytes(body)], per_index)
+            report.read += docs
+            yield chunk()
 
     errors: list[dict[str, Any]] = []
-    for chunk_written, chunk_errors in _bulk(es, chunks()):
-        written.update(chunk_written)
-        report.loaded += chunk_written.total()
-        errors.extend(chunk_errors)
-        now = time.monotonic()
-        snapshot = LoadProgress(files_done, len(files), report.read, report.loaded, report.rejected, now - started)
-        if progress:
-            progress(snapshot)
-        if now - last_progress >= PROGRESS_EVERY_S:
-            log.info("progress: %s", snapshot)
-            last_progress = now
+    # Leaving this block waits for index preparations still running, so `tuned` knows all it must restore.
+    with ThreadPoolExecutor(1, thread_name_prefix="hits-index") as preparer:
+        for chunk_written, chunk_errors in _bulk(es, chunks()):
+            written.update(chunk_written)
+            report.loaded += chunk_written.total()
+            errors.extend(chunk_errors)
+            now = time.monotonic()
+            snapshot = LoadProgress(files_done, len(files), report.read, report.loaded, report.rejected, now - started)
+            if progress:
+                progress(snapshot)
+            if now - last_progress >= PROGRESS_EVERY_S:
+                log.info("progress: %s", snapshot)
+                last_progress = now
     if errors:
         raise LoadError(
             f"Elasticsearch refused {len(errors)} document(s); first: {_describe(errors[0])}. "
@@ -381,6 +409,7 @@ class _Chunk:
 
     ndjson: list[bytes]
     per_index: Counter[str]
+    ready: list[Future[None]] = field(default_factory=list)  # preparations of its indexes, awaited before sending
 
     def operations(self) -> Iterator[tuple[list[bytes], str, str, str]]:
         """Each operation: (its lines, operation, index, id); used only to sort out a response with errors."""
@@ -400,25 +429,34 @@ def _send_chunk(es: Elasticsearch, chunk: _Chunk) -> tuple[Counter[str], list[di
     429 and 5xx answers and lost connections are retried with exponential backoff: a whole request again, or
     only the items Elasticsearch answered 429/5xx for.
     """
+    for preparation in chunk.ready:
+        preparation.result()
     done: Counter[str] = Counter()
     errors: list[dict[str, Any]] = []
-    for attempt in range(RETRIES + 1):
+    filter_path = QUICK_FILTER_PATH
+    attempt = 0
+    while True:
         last = attempt == RETRIES
         try:
-            response = es.bulk(operations=chunk.ndjson, filter_path=BULK_FILTER_PATH).body
+            response = es.bulk(operations=chunk.ndjson, filter_path=filter_path).body
         except ApiError as error:
             if last or error.meta.status not in RETRY_STATUS:
                 raise LoadError(f"bulk request failed: {error}") from error
             _back_off(attempt, f"bulk request answered {error.meta.status}")
+            attempt += 1
             continue
         except (ESConnectionError, ConnectionTimeout) as error:
             if last:
                 raise LoadError(f"bulk request failed after {attempt + 1} attempts: {error}") from error
             _back_off(attempt, f"bulk request failed ({error})")
+            attempt += 1
             continue
         if not response.get("errors"):
             done.update(chunk.per_index)
             return done, errors
+        if "items" not in response:
+            filter_path = ITEMS_FILTER_PATH  # at once, not an attempt: only to learn which items failed
+            continue
         retry: list[bytes] = []
         retry_per_index: Counter[str] = Counter()
         for (lines, operation, index, _id), item in zip(chunk.operations(), response["items"], strict=True):
@@ -435,7 +473,7 @@ def _send_chunk(es: Elasticsearch, chunk: _Chunk) -> tuple[Counter[str], list[di
             return done, errors
         chunk = _Chunk(retry, retry_per_index)
         _back_off(attempt, f"Elasticsearch asked to resend {retry_per_index.total()} document(s)")
-    raise AssertionError("unreachable")
+        attempt += 1
 
 
 def _back_off(attempt: int, why: str) -> None:
@@ -551,11 +589,17 @@ class _LoadSettings:
 
     def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
         failed = []
+        # One request per group of indexes to restore alike (usually all of them), not one per index.
+        groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
         for index, previous in self.previous.items():
-            try:
-                self.es.indices.put_settings(index=index, settings=previous)
-            except (ApiError, ESConnectionError, ConnectionTimeout) as error:
-                failed.append(f"{index}: {error}")
+            groups.setdefault(tuple(sorted(previous.items())), []).append(index)
+        for previous, indexes in groups.items():
+            for start in range(0, len(indexes), RESTORE_BATCH):
+                names = ",".join(indexes[start : start + RESTORE_BATCH])
+                try:
+                    self.es.indices.put_settings(index=names, settings=dict(previous))
+                except (ApiError, ESConnectionError, ConnectionTimeout) as error:
+                    failed.append(f"{names}: {error}")
         if failed and error_type is None:
             raise LoadError(f"could not restore the index settings after the load: {'; '.join(failed)}")
         for failure in failed:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from elasticsearch.dsl import Date, Document, Integer, Keyword, MetaField
 
@@ -36,9 +35,8 @@ class Hit(Document):
         settings = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
 
 
-@dataclass(frozen=True, slots=True)
-class HitRecord:
-    """A valid hit; `datetime` is aware and in UTC."""
+class HitRecord(NamedTuple):
+    """A valid hit; `datetime` is aware and in UTC. A named tuple: the loader makes millions, and it is cheapest."""
 
     page: str
     datetime: dt.datetime
@@ -104,6 +102,21 @@ def validate_text_hit(raw: Mapping[str, str], environments: Collection[str]) -> 
     if isinstance(user_id, str) and _INTEGER_TEXT.fullmatch(user_id.strip()):
         raw = {**raw, "user_id": int(user_id)}
     return validate_hit(raw, environments)
+
+
+def plain_utc(text: str) -> dt.datetime | None:
+    """`text` as an aware UTC datetime when written the usual way (2026-11-25T10:15:00.123Z), else None.
+
+    The loader's fast path: None decides nothing, `parse_datetime` then accepts the text or says what is wrong.
+    """
+    if len(text) >= 20 and text[10] == "T" and text[-1] == "Z":
+        try:
+            parsed = dt.datetime.fromisoformat(text)  # with "Z": aware and in UTC already
+        except ValueError:
+            return None
+        if 1000 <= parsed.year <= 9998:
+            return parsed
+    return None
 
 
 def parse_datetime(text: str) -> dt.datetime:

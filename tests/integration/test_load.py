@@ -10,6 +10,7 @@ from upath import UPath
 
 from hitmetrics import load
 from hitmetrics.config import Settings
+from hitmetrics.ingest import parse_file
 from hitmetrics.load import (
     LoadError,
     MissingLandingDay,
@@ -227,21 +228,21 @@ def test_an_interrupted_load_ends_exact_when_retried(es, settings, index_prefix,
     load_landing_day(es, settings, DAY)
     # The folder is corrected (b.jsonl shrinks), then the load is cut off half way through its stream.
     write(settings, "b.jsonl", [hit(user_id=n, page="/new", environment="staging") for n in range(300)])
-    real_parse_file = load.parse_file
+    real_parse_batches = load.parse_batches
 
-    def dying_parse_file(file, environments):
-        for n, item in enumerate(real_parse_file(file, environments)):
+    def dying_parse_batches(file, environments):
+        for n, item in enumerate(parse_file(file, environments)):
             if file.source_file.endswith("b.jsonl") and n == 150:
                 raise ESConnectionError("connection lost: Elasticsearch was killed")
-            yield item
+            yield [item]
 
-    monkeypatch.setattr(load, "parse_file", dying_parse_file)
+    monkeypatch.setattr(load, "parse_batches", dying_parse_batches)
     with pytest.raises(ESConnectionError):
         load_landing_day(es, settings, DAY)
     half_way = stored(es, index_prefix)
     assert sum(d[1] == "/new" for d in half_way.values()) >= 50  # some chunks of the new version were written
 
-    monkeypatch.setattr(load, "parse_file", real_parse_file)
+    monkeypatch.setattr(load, "parse_batches", real_parse_batches)
     report = load_landing_day(es, settings, DAY)
     assert (report.read, report.loaded) == (700, 700)
     docs = stored(es, index_prefix)
@@ -257,13 +258,15 @@ def test_transient_errors_and_backpressure_are_retried(es, settings, index_prefi
     calls = []
 
     def flaky_bulk(self, **kwargs):
-        calls.append(len(kwargs["operations"]))
+        calls.append((len(kwargs["operations"]), kwargs["filter_path"]))
         if len(calls) == 1:
             raise ESConnectionError("connection refused")
         response = real_bulk(self, **kwargs)
-        if len(calls) == 2:  # Elasticsearch says 429 for a few documents: they are sent again
+        # Elasticsearch says 429 for ten documents: the loader, told only that something failed, asks again for
+        # each item's status, then sends those ten again alone.
+        if len(calls) in (2, 3):
             response.body["errors"] = True
-            for item in response.body["items"][:10]:
+            for item in response.body.get("items", [])[:10]:
                 item["index"].update(status=429, error={"type": "es_rejected_execution_exception"})
         return response
 
@@ -271,7 +274,8 @@ def test_transient_errors_and_backpressure_are_retried(es, settings, index_prefi
     report = load_landing_day(es, settings, DAY)
     assert report.loaded == 350
     assert len(stored(es, index_prefix)) == 350
-    assert 20 in calls  # the ten 429 documents were resent alone (action + source lines)
+    # The same request again, answered item by item; then the ten 429 documents alone (action + source lines).
+    assert calls[1:4] == [(1, load.QUICK_FILTER_PATH), (1, load.ITEMS_FILTER_PATH), (20, load.ITEMS_FILTER_PATH)]
 
 
 def test_elasticsearch_refusing_documents_fails_the_load(es, settings, monkeypatch):
@@ -281,7 +285,8 @@ def test_elasticsearch_refusing_documents_fails_the_load(es, settings, monkeypat
     def refusing_bulk(self, **kwargs):
         response = real_bulk(self, **kwargs)
         response.body["errors"] = True
-        response.body["items"][0]["index"].update(status=400, error={"type": "mapper_parsing_exception"})
+        if "items" in response.body:  # the second time, when the loader asks which documents failed
+            response.body["items"][0]["index"].update(status=400, error={"type": "mapper_parsing_exception"})
         return response
 
     monkeypatch.setattr(Elasticsearch, "bulk", refusing_bulk)

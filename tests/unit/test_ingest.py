@@ -16,6 +16,7 @@ from hitmetrics.ingest import (
     landing_root,
     parse_file,
 )
+from hitmetrics.model import InvalidHit, validate_hit, validate_text_hit
 
 ENVS = frozenset({"production", "staging", "development"})
 DAY = dt.date(2026, 11, 25)
@@ -230,8 +231,8 @@ def test_landing_root_local_folder_or_url(tmp_path):
 
 
 def test_parsing_streams():
-    """A file is read line by line: the first record comes out before the stream is consumed."""
-    stream = io.BytesIO(line() + b"\n" + line() + b"\n")
+    """A file is read a block at a time: the first record comes out before the stream is consumed."""
+    stream = io.BytesIO((line() + b"\n") * (3 * ingest.BLOCK_BYTES // len(line())))
 
     class OneShot:
         def open(self, mode):
@@ -240,3 +241,110 @@ def test_parsing_streams():
     records = parse_file(LandingFile(OneShot(), "s.jsonl"), ENVS)
     next(records)
     assert stream.tell() < len(stream.getvalue())
+
+
+# The fast paths must never decide differently from the full validation: each record below is parsed as a file
+# would be and compared with what validate_hit / validate_text_hit say of it.
+TRICKY_JSON = [
+    {},
+    {"datetime": "2026-11-25T10:15:00.123456Z"},
+    {"datetime": "2026-11-25T10:15:00.1Z"},
+    {"datetime": "2026-11-25 10:15:00Z"},
+    {"datetime": "2026-11-25t10:15:00z"},
+    {"datetime": "2026-11-25T10:15:00+01:00"},
+    {"datetime": "2026-11-25T10:15:00"},
+    {"datetime": "20261125T101500Z"},
+    {"datetime": "0999-11-25T10:15:00Z"},
+    {"datetime": "9999-12-31T23:59:59Z"},
+    {"datetime": "2026-02-30T10:15:00Z"},
+    {"datetime": "2026-11-25T24:00:00Z"},
+    {"datetime": "2026-11-25T10:15:00.1234567Z"},
+    {"datetime": 1764065700000},
+    {"user_id": 0},
+    {"user_id": 2**31 - 1},
+    {"user_id": 2**31},
+    {"user_id": -0},
+    {"user_id": 1.0},
+    {"user_id": True},
+    {"user_id": "42"},
+    {"page": "p" * 2048},
+    {"page": "p" * 2049},
+    {"page": "é" * 2048},
+    {"page": "é" * 2049},
+    {"page": ""},
+    {"page": 'quote " and \\ backslash\n'},
+    {"page": None},
+    {"environment": "Production"},
+    {"environment": ["production"]},
+    {"extra": {"nested": [1, 2]}, "source_file": 5, "load_id": None},
+]
+
+
+@pytest.mark.parametrize("overrides", TRICKY_JSON, ids=range(len(TRICKY_JSON)))
+def test_json_fast_path_agrees_with_validate_hit(tmp_path, overrides):
+    raw = {"page": "/home", "datetime": "2026-11-25T10:15:00Z", "user_id": 42, "environment": "production"}
+    raw.update(overrides)
+    try:
+        expected = validate_hit(raw, ENVS)
+    except InvalidHit as error:
+        expected = str(error)
+    (item,) = parse(tmp_path, "t.jsonl", orjson.dumps(raw))
+    assert (item.record if isinstance(item, ParsedHit) else item.reason) == expected
+
+
+def test_json_duplicate_keys_take_the_last_value(tmp_path):
+    """As orjson (the full way) does; the document written has each key once."""
+    data = b'{"page": "/first", ' + line()[1:]  # then line()'s own "page": "/home"
+    (item,) = parse(tmp_path, "d.jsonl", data)
+    assert item.page == "/home"
+
+
+TRICKY_CSV = [
+    "/home,2026-11-25T10:15:00Z,42,production",
+    "/home,2026-11-25T10:15:00Z,0042,production",
+    "/home,2026-11-25T10:15:00Z, 42,production",
+    "/home,2026-11-25T10:15:00Z,+42,production",
+    "/home,2026-11-25T10:15:00Z,٤٢,production",
+    "/home,2026-11-25T10:15:00Z,2147483648,production",
+    "/home,2026-11-25T10:15:00Z,99999999999999999999,production",
+    "/home,2026-11-25T10:15:00Z,4.2,production",
+    "/home,2026-11-25T10:15:00+01:00,42,production",
+    "/home,2026-11-25 10:15:00,42,production",
+    "/home,0999-11-25T10:15:00Z,42,production",
+    ",2026-11-25T10:15:00Z,42,production",
+    " /home ,2026-11-25T10:15:00Z,42,production",
+    "/home,2026-11-25T10:15:00Z,42,production ",
+    "/home,2026-11-25T10:15:00Z,42,qa",
+    "p" * 2049 + ",2026-11-25T10:15:00Z,42,production",
+]
+
+
+@pytest.mark.parametrize("row", TRICKY_CSV, ids=range(len(TRICKY_CSV)))
+def test_csv_fast_path_agrees_with_validate_text_hit(tmp_path, row):
+    page, instant, user_id, environment = row.split(",")
+    try:
+        expected = validate_text_hit(
+            {"page": page, "datetime": instant, "user_id": user_id, "environment": environment}, ENVS
+        )
+    except InvalidHit as error:
+        expected = str(error)
+    (item,) = parse(tmp_path, "t.csv", f"page,datetime,user_id,environment\n{row}\n".encode())
+    assert (item.record if isinstance(item, ParsedHit) else item.reason) == expected
+
+
+@pytest.mark.parametrize("block", [1, 2, 7, 64])
+def test_lines_are_the_same_whatever_the_block_size(monkeypatch, block):
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", block)
+    monkeypatch.setattr(ingest, "MAX_LINE_BYTES", 20)
+    data = b"\xef\xbb\xbffirst\r\n\nsecond\r\r\n" + b"x" * 45 + b"\nafter a long one\n" + b"y" * 20 + b"\nlast"
+    lines = ingest._Lines(io.BytesIO(data))
+    assert list(lines.numbered()) == [
+        (1, b"first"),
+        (2, b""),
+        (3, b"second"),
+        (4, b"x" * 20),  # cut: too long
+        (5, b"after a long one"),
+        (6, b"y" * 20),  # exactly the limit is too long
+        (7, b"last"),
+    ]
+    assert lines.number == 7 and lines.error is None
