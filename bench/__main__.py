@@ -120,20 +120,26 @@ def run(es: Elasticsearch, url: str, work: Path, hits: int, prefix: str) -> dict
     es.indices.delete(index=f"{prefix}-naive")
 
     step("3/5 our loader: parse, validate, load, sweep, reconcile")
-    loader = stages.loader(settings, DAY)
+    loaders = [stages.loader(settings, DAY)]
+    partitions = [tuple(p) for p in loaders[0]["partitions"]]
 
     step("4/5 rollups: our aggregations against a pandas scan")
-    result["rollups"] = stages.rollups(es, settings, [tuple(p) for p in loader.pop("partitions")])
+    result["rollups"] = stages.rollups(es, settings, partitions)
     delete_indexes(es, prefix)
 
-    # Other work on the machine moves every figure: the ceiling is measured again after the loader, and the
-    # better of the two runs is the one the loader is held to.
+    # Other work on the machine moves every figure: the ceiling and the loader are each measured twice, the
+    # second time after the rest, and each is represented by its better run.
+    step("3/5 our loader again")
+    loaders.append(stages.loader(settings, DAY))
+    delete_indexes(es, prefix)
     step("1/5 the ceiling again")
     ceilings.append(measure_ceiling(bodies))
     bodies.path.unlink()
-    result["ceiling"] = max(ceilings, key=lambda c: c["docs_per_s"]) | {
-        "runs_docs_per_s": [c["docs_per_s"] for c in ceilings]
-    }
+    result["ceiling"] = best_run(ceilings)
+    loader = best_run(loaders)
+    loader.pop("partitions")
+    # Memory is judged by the worse run.
+    loader["peak_rss_bytes"] = max(run["peak_rss_bytes"] for run in loaders)
     loader["ratio_to_ceiling"] = round(loader["docs_per_s"] / result["ceiling"]["docs_per_s"], 3)
     loader["ratio_to_naive"] = round(loader["docs_per_s"] / result["naive"]["docs_per_s"], 2)
     result["loader"] = loader
@@ -144,6 +150,11 @@ def run(es: Elasticsearch, url: str, work: Path, hits: int, prefix: str) -> dict
     )
     result["dag"] = stages.nightly_dag(dag_settings, DAY, f"sqlite:///{work / 'rollups.sqlite'}")
     return result
+
+
+def best_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the most docs/s, with every run's docs/s."""
+    return max(runs, key=lambda run: run["docs_per_s"]) | {"runs_docs_per_s": [run["docs_per_s"] for run in runs]}
 
 
 def step(text: str) -> None:

@@ -48,7 +48,7 @@ def run_loader(arguments: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_before_load_bytes": rss_before,
-        "partitions": sorted([day.isoformat(), env] for day, env in report.partitions),
+        "partitions": sorted([day.isoformat(), env, count] for (day, env), count in report.partitions.items()),
     }
 
 
