@@ -84,14 +84,19 @@ def create_indexes(
     return created
 
 
-def create_index(es: Elasticsearch, prefix: str, day: dt.date, environment: str) -> bool:
+def create_index(
+    es: Elasticsearch, prefix: str, day: dt.date, environment: str, settings: dict[str, str] | None = None
+) -> bool:
     """Create one daily index with its aliases unless it exists; True when this call created it.
 
-    The template (`ensure_template`) must exist first: it holds the mapping and the `<prefix>` alias.
+    The template (`ensure_template`) must exist first: it holds the mapping and the `<prefix>` alias. `settings`
+    override the template's for a new index.
     """
     name = index_name(prefix, day, environment)
     # The environment alias depends on the index name, which a template cannot express, so it is set here.
-    response = es.options(ignore_status=400).indices.create(index=name, aliases={f"{prefix}-{environment}": {}})
+    response = es.options(ignore_status=400).indices.create(
+        index=name, aliases={f"{prefix}-{environment}": {}}, settings=settings
+    )
     if response.meta.status == 200:
         return True
     if response.body.get("error", {}).get("type") == "resource_already_exists_exception":

@@ -285,9 +285,11 @@ def _write_documents(
         ready_of: dict[str, Future[None]] = {}
 
         def prepare_index(day: dt.date, environment: str, index: str) -> None:
-            if create_index(es, prefix, day, environment):
+            if create_index(es, prefix, day, environment, settings=LOAD_SETTINGS):
                 log.info("created index %s", index)
-            tuned.apply(index)
+                tuned.created(index)
+            else:
+                tuned.apply(index)
 
         def open_index(day: dt.date, environment: str) -> str:
             index = index_name(prefix, day, environment)
@@ -295,15 +297,17 @@ def _write_documents(
                 ready_of[index] = preparer.submit(prepare_index, day, environment, index)
             return index
 
-        def chunk() -> _Chunk:
-            return _Chunk([bytes(body)], per_index, [ready_of[index] for index in per_index])
+        def chunk(index: str, body: bytearray, docs: int) -> _Chunk:
+            report.read += docs
+            return _Chunk([bytes(body)], Counter({index: docs}), [ready_of[index]])
 
-        body, per_index, docs = bytearray(), Counter(), 0
+        # One body per index: a bulk request to a single shard is cheaper for the node than one split across many.
+        bodies: dict[str, list] = {}
         for file in files:
             source_file = file.source_file
             id_prefix = _id_prefix(source_file)
-            # (day, environment) -> the index and its action line but the line number: one lookup per record.
-            target_of: dict[Partition, tuple[str, bytes]] = {}
+            # (day, environment) -> the index, its action line but the line number, its body: one lookup per record.
+            target_of: dict[Partition, tuple[str, bytes, list]] = {}
             for item in itertools.chain.from_iterable(parse_batches(file, environments)):
                 if type(item) is Reject:
                     report.read += 1
@@ -315,21 +319,21 @@ def _write_documents(
                 target = target_of.get(key)
                 if target is None:
                     index = open_index(*key)
-                    target = target_of[key] = (index, _action_template(index, id_prefix))
-                index, action = target
+                    pending = bodies.setdefault(index, [bytearray(), 0])
+                    target = target_of[key] = (index, _action_template(index, id_prefix), pending)
+                index, action, pending = target
+                body = pending[0]
                 body += action % item.line
                 encode_into(_Source(item.page, instant, item.user_id, environment, source_file, load_id), body, -1)
                 body += b"\n"
-                per_index[index] += 1
-                docs += 1
-                if docs >= CHUNK_DOCS or len(body) >= CHUNK_BYTES:
-                    report.read += docs
-                    yield chunk()
-                    body, per_index, docs = bytearray(), Counter(), 0
+                pending[1] += 1
+                if pending[1] >= CHUNK_DOCS or len(body) >= CHUNK_BYTES:
+                    yield chunk(index, body, pending[1])
+                    pending[:] = bytearray(), 0
             files_done += 1
-        if docs:
-            report.read += docs
-            yield chunk()
+        for index, (body, docs) in bodies.items():
+            if docs:
+                yield chunk(index, body, docs)
 
     errors: list[dict[str, Any]] = []
     # Leaving this block waits for index preparations still running, so `tuned` knows all it must restore.
@@ -583,6 +587,10 @@ class _LoadSettings:
         # Recorded before the change, so a change that fails half way is still undone.
         self.previous[index] = self.template if previous == LOAD_SETTINGS else previous
         self.es.indices.put_settings(index=index, settings=LOAD_SETTINGS)
+
+    def created(self, index: str) -> None:
+        """`index` was just created with `LOAD_SETTINGS`: it gets the template's settings afterwards."""
+        self.previous[index] = self.template
 
     def __enter__(self) -> _LoadSettings:
         return self
