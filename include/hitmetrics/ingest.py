@@ -42,6 +42,8 @@ MAX_RAW_BYTES = 4096
 BLOCK_BYTES = 1 << 16
 BATCH_RECORDS = 1024
 _BOM = b"\xef\xbb\xbf"
+# Single bytes as ints: `int in bytes` is a memchr, many times faster than looking for a one-byte string.
+_QUOTE, _CR, _NUL = ord('"'), ord("\r"), 0
 
 
 class LandingPath(Protocol):
@@ -298,7 +300,7 @@ def _parse_csv(
     for number, line in numbered:
         # The fast path: a line without quotes is one record whose cells are its comma-separated parts, as csv
         # would read it, and `validate_text_hit`'s rules for the usual record. Anything else takes the full way.
-        if width and len(line) < limit and b'"' not in line and b"\r" not in line and b"\0" not in line:
+        if width and len(line) < limit and _QUOTE not in line and _CR not in line and _NUL not in line:
             try:
                 row = line.decode().split(",")
             except UnicodeDecodeError:
@@ -318,7 +320,7 @@ def _parse_csv(
                         yield batch
                         batch = []
                     continue
-        if len(line) >= limit or b'"' in line or b"\r" in line or b"\0" in line:
+        if len(line) >= limit or _QUOTE in line or _CR in line or _NUL in line:
             row, reason, raw_lines = _csv_record((number, line), numbered)
             if not reason and not any(cell.strip() for cell in row):
                 continue
