@@ -266,6 +266,9 @@ def _parse_json_lines(
         item = _json_record(source_file, number, line, environments)
         if item is not None:
             batch.append(item)
+            if len(batch) >= BATCH_RECORDS:
+                yield batch
+                batch = []
     if batch:
         yield batch
 
