@@ -348,3 +348,14 @@ def test_lines_are_the_same_whatever_the_block_size(monkeypatch, block):
         (7, b"last"),
     ]
     assert lines.number == 7 and lines.error is None
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.csv"])
+def test_batches_stay_bounded_whatever_the_records(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(ingest, "BATCH_RECORDS", 10)
+    bad = b"not a record\n" * 35 if name.endswith(".jsonl") else b"page,datetime,user_id,environment\n" + b"x\n" * 35
+    good = line() + b"\n" if name.endswith(".jsonl") else b"/home,2026-11-25T10:15:00Z,42,production\n"
+    path = tmp_path / name
+    path.write_bytes(bad + good * 25)
+    batches = list(ingest.parse_batches(LandingFile(path, name), ENVS))
+    assert [len(batch) for batch in batches] == [10] * 6
