@@ -1,8 +1,11 @@
 """30-minute and daily hit aggregations of one partition (local day, environment), computed in Elasticsearch.
 
-Hits never leave Elasticsearch: composite aggregations, paged with `after_key`, return one bucket per page and
-local half hour, so any number of distinct pages works within `search.max_buckets`. Every request of a partition
-runs in one point in time, so the rows and the count they are checked against describe the same snapshot.
+Hits never leave Elasticsearch. A cheap first request counts the partition's distinct pages. The page rows then
+come from a `terms` aggregation on `page`, with each page's day and half hours below it, split into term partitions
+(`include.partition`) small enough for `search.max_buckets`; they are computed in parallel with the totals (hits,
+the environment's half hours and day), so a partition costs about one pass over its hits whatever its number of
+pages. Every request of a partition runs in one point in time, so the rows and the count they are checked against
+describe the same snapshot.
 
 The aggregate and rollup tasks are separate Airflow tasks and the rows are too big for XCom: they travel through a
 gzipped NDJSON file (`write_aggregates` / `read_aggregates`).
@@ -12,9 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,11 +31,23 @@ from elasticsearch import ApiError, Elasticsearch
 BUCKET_INTERVAL = "30m"
 # The cardinality aggregation's highest precision: distinct counts up to this many users are exact in practice.
 CARDINALITY_PRECISION = 40_000
-# Buckets per composite response. Each response is a pass over the partition, so fewer, larger pages are much
-# faster; a cluster that refuses the size (search.max_buckets, a memory circuit breaker) gets half as many.
-COMPOSITE_PAGE_SIZE = 10_000
-MIN_COMPOSITE_PAGE_SIZE = 100
+# Requests of a partition in flight at once: the totals and the page parts. Each is a pass over the partition on
+# one core of the node; one more than a 2-core node has keeps it busy while responses travel and are parsed.
+AGG_CONCURRENCY = 3
+# The page rows come in at least this many parts, even when one would fit, so they are computed in parallel.
+MIN_PARTS = 2
+# Buckets a page-part response is planned to hold (pages x half hours of the day, from an approximate page count):
+# well under the default search.max_buckets (65,536), as term partitions are only roughly even.
+PART_BUCKET_BUDGET = 30_000
+# A part the cluster refuses as too large (search.max_buckets, a memory circuit breaker), or that has more pages
+# than its terms `size`, is asked for again as its two halves; at most this many times, then the error is raised.
+MAX_SPLITS = 6
 _REFUSED_AS_TOO_LARGE = ("too_many_buckets", "circuit_breaking")
+# Only what is read: key_as_string, doc_count_error_upper_bound and the like are 40 % of a large response.
+_FILTER_PATH = (
+    "pit_id,hits.total.value,aggregations.**.key,aggregations.**.doc_count,aggregations.**.value,"
+    "aggregations.**.sum_other_doc_count"
+)
 POINT_IN_TIME_KEEP_ALIVE = "5m"
 FILE_FORMAT = 1
 
@@ -148,12 +166,14 @@ def aggregate_partition(
     environment: str,
     tz: str,
     *,
-    page_size: int = COMPOSITE_PAGE_SIZE,
+    parts: int | None = None,
 ) -> PartitionAggregates:
     """Aggregate the hits of `environment` in `index` during the local `day` of `tz` (an IANA zone name).
 
     Buckets are aligned to the zone's local half hours (so +05:45 gives buckets at :15 and :45 UTC) and only
     non-empty ones are returned. Documents outside the local day are ignored, so a stray one cannot add a bucket.
+    `parts` sets how many term partitions the page rows are first asked in (tests); by default the page count and
+    `PART_BUCKET_BUDGET` decide.
     """
     start, end = day_bounds(day, tz)
     query = {
@@ -164,7 +184,9 @@ def aggregate_partition(
             ]
         }
     }
-    histogram = {"field": "datetime", "fixed_interval": BUCKET_INTERVAL, "time_zone": tz}
+    half_hours = {
+        "date_histogram": {"field": "datetime", "fixed_interval": BUCKET_INTERVAL, "time_zone": tz, "min_doc_count": 1}
+    }
     users = {"unique_users": {"cardinality": {"field": "user_id", "precision_threshold": CARDINALITY_PRECISION}}}
 
     pit_id = es.open_point_in_time(index=index, keep_alive=POINT_IN_TIME_KEEP_ALIVE)["id"]
@@ -172,80 +194,135 @@ def aggregate_partition(
     def search(**body: Any) -> dict[str, Any]:
         nonlocal pit_id
         response = es.search(
-            pit={"id": pit_id, "keep_alive": POINT_IN_TIME_KEEP_ALIVE}, query=query, size=0, **body
+            pit={"id": pit_id, "keep_alive": POINT_IN_TIME_KEEP_ALIVE},
+            query=query,
+            size=0,
+            filter_path=_FILTER_PATH,
+            **body,
         ).body
         pit_id = response.get("pit_id", pit_id)
         return response
 
+    pool = ThreadPoolExecutor(AGG_CONCURRENCY, thread_name_prefix="aggregate")
     try:
-        # The day's bucket comes from Elasticsearch's own calendar rounding: an independent check of day_bounds.
-        totals = search(
+        # Distinct pages (global ordinals: cheap) size the page parts.
+        count = search(
+            track_total_hits=True,
+            aggs={"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}},
+        )
+        # The totals are the check's independent source. The day's bucket comes from Elasticsearch's own
+        # calendar rounding: an independent check of day_bounds.
+        totals = pool.submit(
+            search,
             track_total_hits=True,
             aggs={
-                "by_30m": {"date_histogram": {**histogram, "min_doc_count": 1}, "aggs": users},
+                "by_30m": {**half_hours, "aggs": users},
                 "by_day": {
                     "date_histogram": {"field": "datetime", "calendar_interval": "1d", "time_zone": tz},
                     "aggs": users,
                 },
             },
         )
-        page = {"page": {"terms": {"field": "page"}}}
-        by_page_30m = [
-            PageBucket(environment, b["key"]["page"], _utc(b["key"]["start"]), b["doc_count"], _users(b))
-            for b in _composite(search, [page, {"start": {"date_histogram": histogram}}], users, page_size)
-        ]
-        by_page_daily = [
-            PageDay(environment, b["key"]["page"], day, b["doc_count"], _users(b))
-            for b in _composite(search, [page], users, page_size)
-        ]
+        page_count = count["aggregations"]["pages"]["value"]
+        size = _terms_size(page_count)
+        page_aggs = {**users, "by_30m": {**half_hours, "aggs": users}}
+
+        def fetch_part(partition: int, of: int) -> dict[str, Any]:
+            terms = {
+                "field": "page",
+                "size": size,
+                "order": {"_key": "asc"},
+                "include": {"partition": partition, "num_partitions": of},
+            }
+            return search(aggs={"pages": {"terms": terms, "aggs": page_aggs}}).get("aggregations", {}).get("pages", {})
+
+        if parts is None:
+            slots = math.ceil((end - start) / dt.timedelta(minutes=30))
+            parts = max(MIN_PARTS, math.ceil(page_count * (slots + 1) / PART_BUCKET_BUDGET))
+        page_buckets = _page_buckets(pool, fetch_part, parts) if count["hits"]["total"]["value"] else []
+        aggs = totals.result()
     finally:
+        pool.shutdown(cancel_futures=True)
         es.close_point_in_time(id=pit_id)
 
-    aggs = totals["aggregations"]
+    # Few distinct half hours: one datetime each, shared by every row that starts then.
+    instants = _Instants()
+    by_page_30m: list[PageBucket] = []
+    by_page_daily: list[PageDay] = []
+    for bucket in page_buckets:
+        page = bucket["key"]
+        by_page_daily.append(PageDay(environment, page, day, bucket["doc_count"], _users(bucket)))
+        by_page_30m += [
+            PageBucket(environment, page, instants[b["key"]], b["doc_count"], _users(b))
+            for b in bucket["by_30m"]["buckets"]
+        ]
+    # filter_path leaves out what is empty: no buckets, or no aggregations at all.
+    found = aggs.get("aggregations", {})
+    by_30m, by_day = (found.get(name, {}).get("buckets", []) for name in ("by_30m", "by_day"))
     return PartitionAggregates(
         index=index,
         environment=environment,
         day=day,
         timezone=tz,
-        es_count=totals["hits"]["total"]["value"],
+        es_count=aggs["hits"]["total"]["value"],
         by_page_30m=by_page_30m,
-        by_env_30m=[
-            EnvBucket(environment, _utc(b["key"]), b["doc_count"], _users(b)) for b in aggs["by_30m"]["buckets"]
-        ],
+        by_env_30m=[EnvBucket(environment, instants[b["key"]], b["doc_count"], _users(b)) for b in by_30m],
         by_page_daily=by_page_daily,
         by_env_daily=[
             EnvDay(environment, day, b["doc_count"], _users(b))
-            for b in aggs["by_day"]["buckets"]
+            for b in by_day
             if b["doc_count"] and _utc(b["key"]) == start
         ],
     )
 
 
-def _composite(
-    search: Callable[..., dict[str, Any]], sources: list[dict[str, Any]], sub_aggs: dict[str, Any], page_size: int
-) -> Iterator[dict[str, Any]]:
-    """Every bucket of a composite aggregation, one response of up to `page_size` buckets at a time.
+def _terms_size(page_count: int) -> int:
+    """The terms `size` of every part: the whole partition's approximate page count, with slack.
 
-    A response the cluster refuses as too large is asked for again with half the size, down to
-    `MIN_COMPOSITE_PAGE_SIZE`; later pages keep the size that worked.
+    A size above a part's pages costs nothing (only the buckets that exist are built), so parts never fall short.
     """
-    after: dict[str, Any] | None = None
-    while True:
-        composite: dict[str, Any] = {"size": page_size, "sources": sources}
-        if after is not None:
-            composite["after"] = after
-        try:
-            response = search(aggs={"buckets": {"composite": composite, "aggs": sub_aggs}})
-        except ApiError as error:
-            if page_size <= MIN_COMPOSITE_PAGE_SIZE or not any(r in str(error.body) for r in _REFUSED_AS_TOO_LARGE):
-                raise
-            page_size //= 2
-            continue
-        result = response["aggregations"]["buckets"]
-        yield from result["buckets"]
-        after = result.get("after_key")
-        if after is None or not result["buckets"]:
-            return
+    return page_count + page_count // 10 + 10
+
+
+def _page_buckets(
+    pool: ThreadPoolExecutor, fetch_part: Callable[[int, int], dict[str, Any]], parts: int
+) -> list[dict[str, Any]]:
+    """The page buckets of term partitions 0..parts-1 of the pages, in page order, fetched in `pool`.
+
+    `fetch_part(partition, num_partitions)` returns one part's terms aggregation. A part refused as too large, or
+    with pages beyond its size (`sum_other_doc_count`: they would be lost), is asked for again as its two halves:
+    term partition i of n holds exactly the terms of partitions i and i + n of 2n.
+    """
+    most = parts << MAX_SPLITS
+    buckets: list[dict[str, Any]] = []
+    running = {pool.submit(fetch_part, partition, parts): (partition, parts) for partition in range(parts)}
+    while running:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            partition, of = running.pop(future)
+            try:
+                result = future.result()
+            except ApiError as error:
+                if of * 2 > most or not any(r in str(error.body) for r in _REFUSED_AS_TOO_LARGE):
+                    raise
+            else:
+                if not result.get("sum_other_doc_count"):
+                    buckets += result.get("buckets", [])
+                    continue
+                if of * 2 > most:
+                    raise RuntimeError(f"term partition {partition} of {of} still has pages beyond its size")
+            for half in (partition, partition + of):
+                running[pool.submit(fetch_part, half, of * 2)] = (half, of * 2)
+    buckets.sort(key=itemgetter("key"))
+    return buckets
+
+
+class _Instants(dict[int, dt.datetime]):
+    """Epoch milliseconds -> UTC datetime, each converted once."""
+
+    def __missing__(self, epoch_millis: int) -> dt.datetime:
+        self[epoch_millis] = instant = _utc(epoch_millis)
+        return instant
 
 
 def _utc(epoch_millis: int) -> dt.datetime:

@@ -1,4 +1,4 @@
-"""Aggregations on the real Elasticsearch node: DST days, a +05:45 zone, more pages than search.max_buckets."""
+"""Aggregations on the real Elasticsearch node: DST days, a +05:45 zone, page parts redone when refused or short."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from elasticsearch import ApiError, Elasticsearch, helpers
 
-from hitmetrics import indexes
+from hitmetrics import aggregate, indexes
 from hitmetrics.aggregate import (
     EnvBucket,
     EnvDay,
@@ -121,7 +121,7 @@ def test_buckets_follow_local_half_hours(
     ]
     index = make_index(es, index_prefix, day, "production", hits + strays)
 
-    aggs = aggregate_partition(es, index, day, "production", tz, page_size=7)
+    aggs = aggregate_partition(es, index, day, "production", tz, parts=3)
 
     assert len(aggs.by_env_30m) == buckets
     assert aggs.by_env_30m[0].bucket_start == start
@@ -151,11 +151,13 @@ def _max_buckets(es: Elasticsearch) -> object:
     return es.cluster.get_settings(flat_settings=True)["persistent"].get("search.max_buckets")
 
 
-def test_more_pages_than_search_max_buckets(es: Elasticsearch, index_prefix: str) -> None:
+def test_more_pages_than_search_max_buckets(es: Elasticsearch, index_prefix: str, monkeypatch) -> None:
+    """Parts planned for the default limit are refused by a lower one, and redone in halves until accepted."""
     day, pages, limit = dt.date(2026, 3, 29), 1200, 1000
     start = day_bounds(day, "UTC")[0]
     hits = [Hit(f"/p/{n:05d}", start + dt.timedelta(seconds=n * 60), n % 50) for n in range(pages)]
     index = make_index(es, index_prefix, day, "production", hits)
+    asked = parts_asked(es, monkeypatch)
 
     previous = _max_buckets(es)
     # A shared node: the lowered limit lasts only as long as these two requests.
@@ -173,3 +175,68 @@ def test_more_pages_than_search_max_buckets(es: Elasticsearch, index_prefix: str
     assert len(aggs.by_page_30m) == pages
     assert set(aggs.by_page_30m) == expected_rows(hits, day, "UTC")["page_30m"]
     assert check_partition(aggs).passed
+    first = min(of for _, of in asked)
+    assert first >= aggregate.MIN_PARTS
+    assert max(of for _, of in asked) > first, "no part was refused and redone"
+
+
+def parts_asked(es: Elasticsearch, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record the term partitions (partition, num_partitions) of the page parts `es` is asked for."""
+    asked: list[tuple[int, int]] = []
+    search = es.search
+
+    def spy(**body):
+        part = body.get("aggs", {}).get("pages", {}).get("terms", {}).get("include")
+        if part:
+            asked.append((part["partition"], part["num_partitions"]))
+        return search(**body)
+
+    monkeypatch.setattr(es, "search", spy)
+    return asked
+
+
+def many_pages(day: dt.date, pages: int = 150, seed: int = 3) -> list[Hit]:
+    rng = random.Random(seed)
+    start = day_bounds(day, "UTC")[0]
+    return [
+        Hit(f"/p/{rng.randrange(pages)}", start + dt.timedelta(seconds=rng.randrange(86_400)), rng.randrange(40))
+        for _ in range(3000)
+    ]
+
+
+def test_any_number_of_parts_gives_the_same_rows(es: Elasticsearch, index_prefix: str, monkeypatch) -> None:
+    day = dt.date(2026, 3, 29)
+    hits = many_pages(day)
+    index = make_index(es, index_prefix, day, "production", hits)
+    asked = parts_asked(es, monkeypatch)
+
+    one = aggregate_partition(es, index, day, "production", "UTC", parts=1)
+    assert asked == [(0, 1)]
+    expected = expected_rows(hits, day, "UTC")
+    assert set(one.by_page_30m) == expected["page_30m"]
+    assert set(one.by_page_daily) == expected["page_daily"]
+    for parts in (None, 2, 7):
+        asked.clear()
+        aggs = aggregate_partition(es, index, day, "production", "UTC", parts=parts)
+        assert aggs == one  # the same rows in the same order: by page, then time
+        assert sorted(asked) == [(n, len(asked)) for n in range(len(asked))]
+        assert len(asked) == (parts or aggregate.MIN_PARTS)
+
+
+def test_part_with_more_pages_than_its_size_is_redone_in_halves(
+    es: Elasticsearch, index_prefix: str, monkeypatch
+) -> None:
+    """A part whose terms size is too small (an underestimated page count) must not lose pages."""
+    day = dt.date(2026, 3, 29)
+    hits = many_pages(day, pages=40)
+    index = make_index(es, index_prefix, day, "production", hits)
+    asked = parts_asked(es, monkeypatch)
+    monkeypatch.setattr(aggregate, "_terms_size", lambda page_count: 8)
+
+    aggs = aggregate_partition(es, index, day, "production", "UTC", parts=2)
+
+    expected = expected_rows(hits, day, "UTC")
+    assert set(aggs.by_page_daily) == expected["page_daily"]
+    assert set(aggs.by_page_30m) == expected["page_30m"]
+    assert check_partition(aggs).passed
+    assert max(of for _, of in asked) >= 8

@@ -1,12 +1,18 @@
-"""Pure logic of hitmetrics.aggregate: local day bounds, the publication check, the aggregates file."""
+"""Pure logic of hitmetrics.aggregate: local day bounds, page parts redone in halves, the check, the aggregates file."""
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+from elasticsearch import ApiError
 
+from hitmetrics import aggregate
 from hitmetrics.aggregate import (
     ChecksFailed,
     EnvBucket,
@@ -44,6 +50,70 @@ def test_day_bounds(day: dt.date, tz: str, start: str, hours: int) -> None:
     assert first == _utc(start)
     assert end - first == dt.timedelta(hours=hours)
     assert first.tzinfo is UTC
+
+
+class FakeParts:
+    """`fetch_part` over `pages` hashed into term partitions like Elasticsearch's `include.partition`.
+
+    A part with more than `most_pages` pages is refused as too many buckets; one with more than `size` pages
+    returns the first `size` and counts the rest's hits in `sum_other_doc_count`.
+    """
+
+    def __init__(self, pages: int, *, most_pages: int = 10**6, size: int = 10**6, error: str = "too_many_buckets"):
+        self.pages = [f"/p/{n}" for n in range(pages)]
+        self.most_pages, self.size, self.error = most_pages, size, error
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, partition: int, of: int) -> dict[str, Any]:
+        self.asked.append((partition, of))
+        pages = sorted(p for p in self.pages if zlib.crc32(p.encode()) % of == partition)
+        if len(pages) > self.most_pages:
+            meta = ApiResponseMeta(400, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "localhost", 9200))
+            raise ApiError(self.error, meta, {"error": {"type": f"{self.error}_exception"}})
+        buckets = [{"key": page, "doc_count": 2} for page in pages]
+        return {"sum_other_doc_count": 2 * len(buckets[self.size :]), "buckets": buckets[: self.size]}
+
+
+def _page_buckets(fake: FakeParts, parts: int) -> list[str]:
+    with ThreadPoolExecutor(2) as pool:
+        return [bucket["key"] for bucket in aggregate._page_buckets(pool, fake, parts)]
+
+
+def test_page_parts_come_back_in_page_order() -> None:
+    fake = FakeParts(30)
+    assert _page_buckets(fake, 3) == sorted(fake.pages)
+    assert sorted(fake.asked) == [(0, 3), (1, 3), (2, 3)]
+
+
+@pytest.mark.parametrize("limit", [{"most_pages": 4}, {"size": 4}], ids=["refused", "beyond size"])
+def test_page_part_refused_or_short_is_redone_in_halves(limit: dict[str, int]) -> None:
+    fake = FakeParts(40, **limit)
+    assert _page_buckets(fake, 2) == sorted(fake.pages)
+    # Only what was refused is redone, each part as its two halves.
+    for partition, of in fake.asked:
+        if of > 2:
+            assert (partition % (of // 2), of // 2) in fake.asked
+    assert max(of for _, of in fake.asked) > 2
+
+
+def test_page_part_still_refused_after_max_splits_raises() -> None:
+    fake = FakeParts(3, most_pages=0)
+    with pytest.raises(ApiError, match="too_many_buckets"):
+        _page_buckets(fake, 1)
+    assert max(of for _, of in fake.asked) == 2**aggregate.MAX_SPLITS
+
+
+def test_page_part_still_short_after_max_splits_raises() -> None:
+    fake = FakeParts(3, size=0)
+    with pytest.raises(RuntimeError, match="pages beyond its size"):
+        _page_buckets(fake, 1)
+
+
+def test_other_errors_are_not_retried() -> None:
+    fake = FakeParts(30, most_pages=0, error="parsing")
+    with pytest.raises(ApiError, match="parsing"):
+        _page_buckets(fake, 2)
+    assert all(of == 2 for _, of in fake.asked)
 
 
 def _aggs(es_count: int = 5) -> PartitionAggregates:
