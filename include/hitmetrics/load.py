@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 CHUNK_DOCS = 100_000
 CHUNK_BYTES = 8 << 20
 BULK_THREADS = 3
+# The bodies being built (one per index) hold at most about this much, checked every so many records.
+BUFFERED_BYTES = 4 * CHUNK_BYTES
+BUFFERED_CHECK_EVERY = 4096
 BULK_TIMEOUT_S = 120
 # Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
 RETRIES = 6
@@ -302,7 +305,10 @@ def _write_documents(
             return _Chunk([bytes(body)], Counter({index: docs}), [ready_of[index]])
 
         # One body per index: a bulk request to a single shard is cheaper for the node than one split across many.
+        # Records of many days (a backfill) would leave many bodies half full: past `BUFFERED_BYTES` in all, the
+        # largest is sent.
         bodies: dict[str, list] = {}
+        unchecked = 0
         for file in files:
             source_file = file.source_file
             id_prefix = _id_prefix(source_file)
@@ -330,6 +336,13 @@ def _write_documents(
                 if pending[1] >= CHUNK_DOCS or len(body) >= CHUNK_BYTES:
                     yield chunk(index, body, pending[1])
                     pending[:] = bytearray(), 0
+                unchecked += 1
+                if unchecked >= BUFFERED_CHECK_EVERY:
+                    unchecked = 0
+                    if sum(len(body) for body, _ in bodies.values()) >= BUFFERED_BYTES:
+                        largest = max(bodies, key=lambda name: len(bodies[name][0]))
+                        yield chunk(largest, *bodies[largest])
+                        bodies[largest][:] = bytearray(), 0
             files_done += 1
         for index, (body, docs) in bodies.items():
             if docs:

@@ -111,6 +111,26 @@ def test_days_follow_the_reporting_time_zone(es, tmp_path, index_prefix):
     assert sorted(d[0] for d in stored(es, index_prefix).values()) == ["2026.11.24-production", "2026.11.25-production"]
 
 
+def test_records_of_many_days_do_not_pile_up_in_memory(es, settings, index_prefix, monkeypatch):
+    """A backfill file spread over many days: half-full bodies are sent once they hold too much together."""
+    monkeypatch.setattr(load, "BUFFERED_BYTES", 4_000)
+    monkeypatch.setattr(load, "BUFFERED_CHECK_EVERY", 10)
+    days = [DAY - dt.timedelta(days=n) for n in range(20)]
+    write(settings, "backfill.jsonl", [hit(at=f"{day}T12:00:00Z", user_id=n) for n in range(10) for day in days])
+    real_send = load._send_chunk
+    sent = []
+
+    def send(es, chunk):
+        sent.append(sum(map(len, chunk.ndjson)))
+        return real_send(es, chunk)
+
+    monkeypatch.setattr(load, "_send_chunk", send)
+    report = load_landing_day(es, settings, DAY)
+    assert report.loaded == 200 and len(stored(es, index_prefix)) == 200
+    assert len(sent) > len(days)  # bodies went out before the end, not one per index at the end
+    assert max(sent) < 4_000
+
+
 def test_reruns_leave_exactly_the_same_documents(es, settings, index_prefix):
     write(settings, "a.jsonl", [hit(user_id=n) for n in range(300)])
     write(settings, "b/c.ndjson.gz", [hit(environment="staging", user_id=n) for n in range(200)])
