@@ -301,9 +301,11 @@ def _parse_csv(
     width = 0
     ipage = idatetime = iuser = ienvironment = 0
     for number, line in numbered:
-        # The fast path: a line without quotes is one record whose cells are its comma-separated parts, as csv
-        # would read it, and `validate_text_hit`'s rules for the usual record. Anything else takes the full way.
-        if width and len(line) < limit and _QUOTE not in line and _CR not in line and _NUL not in line:
+        # The fast path: a line without quotes (nor CR, NUL, or too long) is one record whose cells are its
+        # comma-separated parts, as csv would read it; `validate_text_hit`'s rules for the usual record apply.
+        # Anything else takes the full way.
+        special = len(line) >= limit or _QUOTE in line or _CR in line or _NUL in line
+        if width and not special:
             try:
                 row = line.decode().split(",")
             except UnicodeDecodeError:
@@ -323,7 +325,7 @@ def _parse_csv(
                         yield batch
                         batch = []
                     continue
-        if len(line) >= limit or _QUOTE in line or _CR in line or _NUL in line:
+        if special:
             row, reason, raw_lines = _csv_record((number, line), numbered)
             if not reason and not any(cell.strip() for cell in row):
                 continue

@@ -36,7 +36,7 @@ class Hit(Document):
 
 
 class HitRecord(NamedTuple):
-    """A valid hit; `datetime` is aware and in UTC. A named tuple: the loader makes millions, and it is cheapest."""
+    """A valid hit; `datetime` is aware and in UTC. A named tuple: cheap to make, and it unpacks into `ParsedHit`."""
 
     page: str
     datetime: dt.datetime
