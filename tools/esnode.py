@@ -34,6 +34,16 @@ LAUNCHER_CLASS = "hitmetrics.esnode.Launcher"
 DEFAULT_PORT = 9200
 DEFAULT_HEAP = "512m"
 START_TIMEOUT_S = 120
+# What the distribution's launcher gives its JVM (SystemJvmOptions, jvm.options and the G1 ergonomics), but for the
+# module-specific ones. Pre-touching the heap matters for speed: without it, a young node spends its first minutes
+# faulting in fresh heap pages, and every figure measured on it is too slow.
+JVM_OPTIONS = (
+    "-XX:+UseG1GC", "-XX:G1ReservePercent=25", "-XX:InitiatingHeapOccupancyPercent=30", "-XX:+AlwaysPreTouch",
+    "-Xss1m", "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8", "-XX:-OmitStackTraceInFastThrow",
+    "-Dio.netty.noUnsafe=true", "-Dio.netty.noKeySetOptimization=true", "-Dio.netty.recycler.maxCapacityPerThread=0",
+    "-Dlog4j.shutdownHookEnabled=false", "-Dlog4j2.disable.jmx=true", "-Dlog4j2.formatMsgNoLookups=true",
+    "-Djava.locale.providers=CLDR",
+)  # fmt: skip
 
 
 class NodeError(Exception):
@@ -172,7 +182,7 @@ def start(port: int = DEFAULT_PORT, data_dir: Path | None = None, heap: str = DE
     logs.mkdir(parents=True, exist_ok=True)
     out = logs / "node.out"
     command = [
-        java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        java, f"-Xms{heap}", f"-Xmx{heap}", *JVM_OPTIONS,
         "--module-path", str(home / "lib"), "--add-modules", "ALL-MODULE-PATH",
         "-cp", str(next((home / "launcher").glob("*.jar"))), LAUNCHER_CLASS,
         "-E", f"path.home={home}", "-E", f"path.data={data_dir / 'data'}", "-E", f"path.logs={logs}",
