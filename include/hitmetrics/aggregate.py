@@ -17,12 +17,13 @@ import datetime as dt
 import gzip
 import math
 import os
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -34,8 +35,12 @@ CARDINALITY_PRECISION = 40_000
 # Requests of a partition in flight at once: the totals and the page parts. Each is a pass over the partition on
 # one core of the node; one more than a 2-core node has keeps it busy while responses travel and are parsed.
 AGG_CONCURRENCY = 3
-# The page rows come in at least this many parts, even when one would fit, so they are computed in parallel.
+# A partition of at least this many hits has its page rows computed in at least MIN_PARTS parts, in parallel,
+# even when one would fit; a smaller one costs one request. Partitions are aggregated PARTITION_CONCURRENCY at a
+# time, so the node computes one while Python parses another's responses.
+PARALLEL_HITS = 200_000
 MIN_PARTS = 2
+PARTITION_CONCURRENCY = 2
 # Buckets a page-part response is planned to hold (pages x half hours of the day, from an approximate page count):
 # well under the default search.max_buckets (65,536), as term partitions are only roughly even.
 PART_BUCKET_BUDGET = 30_000
@@ -52,8 +57,7 @@ POINT_IN_TIME_KEEP_ALIVE = "5m"
 FILE_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class PageBucket:
+class PageBucket(NamedTuple):
     """A row of `hits_by_page_30m`: hits of one page in one local half hour starting at `bucket_start` (UTC)."""
 
     environment: str
@@ -63,8 +67,7 @@ class PageBucket:
     unique_users: int
 
 
-@dataclass(frozen=True)
-class EnvBucket:
+class EnvBucket(NamedTuple):
     """A row of `hits_by_env_30m`: hits of the whole environment in one local half hour."""
 
     environment: str
@@ -73,8 +76,7 @@ class EnvBucket:
     unique_users: int
 
 
-@dataclass(frozen=True)
-class PageDay:
+class PageDay(NamedTuple):
     """A row of `hits_by_page_daily`: hits of one page in one local day."""
 
     environment: str
@@ -84,8 +86,7 @@ class PageDay:
     unique_users: int
 
 
-@dataclass(frozen=True)
-class EnvDay:
+class EnvDay(NamedTuple):
     """A row of `hits_by_env_daily`: hits of the whole environment in one local day."""
 
     environment: str
@@ -172,8 +173,8 @@ def aggregate_partition(
 
     Buckets are aligned to the zone's local half hours (so +05:45 gives buckets at :15 and :45 UTC) and only
     non-empty ones are returned. Documents outside the local day are ignored, so a stray one cannot add a bucket.
-    `parts` sets how many term partitions the page rows are first asked in (tests); by default the page count and
-    `PART_BUCKET_BUDGET` decide.
+    `parts` sets how many term partitions the page rows are first asked in (tests); by default the hit and page
+    counts decide: one request for a small partition, parts in parallel for a large one.
     """
     start, end = day_bounds(day, tz)
     query = {
@@ -188,63 +189,111 @@ def aggregate_partition(
         "date_histogram": {"field": "datetime", "fixed_interval": BUCKET_INTERVAL, "time_zone": tz, "min_doc_count": 1}
     }
     users = {"unique_users": {"cardinality": {"field": "user_id", "precision_threshold": CARDINALITY_PRECISION}}}
+    # The totals are the check's independent source. The day's bucket comes from Elasticsearch's own calendar
+    # rounding: an independent check of day_bounds.
+    totals = {
+        "by_30m": {**half_hours, "aggs": users},
+        "by_day": {"date_histogram": {"field": "datetime", "calendar_interval": "1d", "time_zone": tz}, "aggs": users},
+    }
+    page_aggs = {**users, "by_30m": {**half_hours, "aggs": users}}
 
+    # Hits and distinct pages (global ordinals: cheap) size the work; the rows come in a snapshot of their own.
+    count = es.search(
+        index=index,
+        query=query,
+        size=0,
+        track_total_hits=True,
+        aggs={"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}},
+        filter_path=_FILTER_PATH,
+    ).body
+    hits = count["hits"]["total"]["value"]
+    page_count = count.get("aggregations", {}).get("pages", {}).get("value", 0)
+    size = _terms_size(page_count)
+    if parts is None:
+        slots = math.ceil((end - start) / dt.timedelta(minutes=30))
+        planned = math.ceil(page_count * (slots + 1) / PART_BUCKET_BUDGET)
+        parts = max(MIN_PARTS if hits >= PARALLEL_HITS else 1, planned)
+
+    def pages(partition: int, of: int) -> dict[str, Any]:
+        terms: dict[str, Any] = {"field": "page", "size": size, "order": {"_key": "asc"}}
+        if of > 1:
+            terms["include"] = {"partition": partition, "num_partitions": of}
+        return {"pages": {"terms": terms, "aggs": page_aggs}}
+
+    if not hits:
+        found, page_buckets = count, []
+    elif parts == 1 and (found := _in_one_request(es, index, query, {**totals, **pages(0, 1)})):
+        page_buckets = found["aggregations"]["pages"].get("buckets", [])
+    else:
+        # Two halves at least when one request was refused or fell short.
+        found, page_buckets = _in_parts(es, index, query, totals, pages, max(parts, 2))
+    return _partition_aggregates(index, environment, day, tz, start, found, page_buckets)
+
+
+def _in_one_request(
+    es: Elasticsearch, index: str, query: dict[str, Any], aggs: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The totals and every page in one request (one snapshot, no point in time); None when the cluster refuses
+    it as too large, or pages fell beyond the terms size (an underestimated page count): parts take over."""
+    try:
+        found = es.search(
+            index=index, query=query, size=0, track_total_hits=True, aggs=aggs, filter_path=_FILTER_PATH
+        ).body
+    except ApiError as error:
+        if _refused_as_too_large(error):
+            return None
+        raise
+    return None if found["aggregations"]["pages"].get("sum_other_doc_count") else found
+
+
+def _in_parts(
+    es: Elasticsearch,
+    index: str,
+    query: dict[str, Any],
+    totals: dict[str, Any],
+    pages: Callable[[int, int], dict[str, Any]],
+    parts: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The totals response and the page buckets, asked in `parts` term partitions, in parallel and in one point
+    in time, so the rows and the count they are checked against describe the same snapshot."""
     pit_id = es.open_point_in_time(index=index, keep_alive=POINT_IN_TIME_KEEP_ALIVE)["id"]
 
-    def search(**body: Any) -> dict[str, Any]:
+    def search(aggs: dict[str, Any], **body: Any) -> dict[str, Any]:
         nonlocal pit_id
         response = es.search(
             pit={"id": pit_id, "keep_alive": POINT_IN_TIME_KEEP_ALIVE},
             query=query,
             size=0,
+            aggs=aggs,
             filter_path=_FILTER_PATH,
             **body,
         ).body
         pit_id = response.get("pit_id", pit_id)
         return response
 
+    def fetch_part(partition: int, of: int) -> dict[str, Any]:
+        return search(pages(partition, of)).get("aggregations", {}).get("pages", {})
+
     pool = ThreadPoolExecutor(AGG_CONCURRENCY, thread_name_prefix="aggregate")
     try:
-        # Distinct pages (global ordinals: cheap) size the page parts.
-        count = search(
-            track_total_hits=True,
-            aggs={"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}},
-        )
-        # The totals are the check's independent source. The day's bucket comes from Elasticsearch's own
-        # calendar rounding: an independent check of day_bounds.
-        totals = pool.submit(
-            search,
-            track_total_hits=True,
-            aggs={
-                "by_30m": {**half_hours, "aggs": users},
-                "by_day": {
-                    "date_histogram": {"field": "datetime", "calendar_interval": "1d", "time_zone": tz},
-                    "aggs": users,
-                },
-            },
-        )
-        page_count = count["aggregations"]["pages"]["value"]
-        size = _terms_size(page_count)
-        page_aggs = {**users, "by_30m": {**half_hours, "aggs": users}}
-
-        def fetch_part(partition: int, of: int) -> dict[str, Any]:
-            terms = {
-                "field": "page",
-                "size": size,
-                "order": {"_key": "asc"},
-                "include": {"partition": partition, "num_partitions": of},
-            }
-            return search(aggs={"pages": {"terms": terms, "aggs": page_aggs}}).get("aggregations", {}).get("pages", {})
-
-        if parts is None:
-            slots = math.ceil((end - start) / dt.timedelta(minutes=30))
-            parts = max(MIN_PARTS, math.ceil(page_count * (slots + 1) / PART_BUCKET_BUDGET))
-        page_buckets = _page_buckets(pool, fetch_part, parts) if count["hits"]["total"]["value"] else []
-        aggs = totals.result()
+        found = pool.submit(search, totals, track_total_hits=True)
+        page_buckets = _page_buckets(pool, fetch_part, parts)
+        return found.result(), page_buckets
     finally:
         pool.shutdown(cancel_futures=True)
         es.close_point_in_time(id=pit_id)
 
+
+def _partition_aggregates(
+    index: str,
+    environment: str,
+    day: dt.date,
+    tz: str,
+    start: dt.datetime,
+    found: dict[str, Any],
+    page_buckets: list[dict[str, Any]],
+) -> PartitionAggregates:
+    """The rows of a partition from the totals response and the page buckets (in page order)."""
     # Few distinct half hours: one datetime each, shared by every row that starts then.
     instants = _Instants()
     by_page_30m: list[PageBucket] = []
@@ -257,14 +306,14 @@ def aggregate_partition(
             for b in bucket["by_30m"]["buckets"]
         ]
     # filter_path leaves out what is empty: no buckets, or no aggregations at all.
-    found = aggs.get("aggregations", {})
-    by_30m, by_day = (found.get(name, {}).get("buckets", []) for name in ("by_30m", "by_day"))
+    aggs = found.get("aggregations", {})
+    by_30m, by_day = (aggs.get(name, {}).get("buckets", []) for name in ("by_30m", "by_day"))
     return PartitionAggregates(
         index=index,
         environment=environment,
         day=day,
         timezone=tz,
-        es_count=aggs["hits"]["total"]["value"],
+        es_count=found["hits"]["total"]["value"],
         by_page_30m=by_page_30m,
         by_env_30m=[EnvBucket(environment, instants[b["key"]], b["doc_count"], _users(b)) for b in by_30m],
         by_page_daily=by_page_daily,
@@ -274,6 +323,27 @@ def aggregate_partition(
             if b["doc_count"] and _utc(b["key"]) == start
         ],
     )
+
+
+def aggregate_partitions(
+    es: Elasticsearch, partitions: Iterable[tuple[str, dt.date, str]], tz: str
+) -> Iterator[PartitionAggregates]:
+    """`aggregate_partition` of each (index, day, environment), in that order, `PARTITION_CONCURRENCY` at a time.
+
+    While one partition's responses are parsed in Python, the node works on the next; at most that many
+    partitions' rows are held at once.
+    """
+    pool = ThreadPoolExecutor(PARTITION_CONCURRENCY, thread_name_prefix="partition")
+    running: deque[Future[PartitionAggregates]] = deque()
+    try:
+        for index, day, environment in partitions:
+            if len(running) == PARTITION_CONCURRENCY:
+                yield running.popleft().result()
+            running.append(pool.submit(aggregate_partition, es, index, day, environment, tz))
+        while running:
+            yield running.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _terms_size(page_count: int) -> int:
@@ -303,7 +373,7 @@ def _page_buckets(
             try:
                 result = future.result()
             except ApiError as error:
-                if of * 2 > most or not any(r in str(error.body) for r in _REFUSED_AS_TOO_LARGE):
+                if of * 2 > most or not _refused_as_too_large(error):
                     raise
             else:
                 if not result.get("sum_other_doc_count"):
@@ -315,6 +385,10 @@ def _page_buckets(
                 running[pool.submit(fetch_part, half, of * 2)] = (half, of * 2)
     buckets.sort(key=itemgetter("key"))
     return buckets
+
+
+def _refused_as_too_large(error: ApiError) -> bool:
+    return any(reason in str(error.body) for reason in _REFUSED_AS_TOO_LARGE)
 
 
 class _Instants(dict[int, dt.datetime]):
@@ -386,7 +460,7 @@ def write_aggregates(aggs: PartitionAggregates, path: Path) -> Path:
         out.write(orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
         for table, rows in aggs.tables().items():
             for row in rows:
-                out.write(orjson.dumps({"table": table, **vars(row)}, option=orjson.OPT_APPEND_NEWLINE))
+                out.write(orjson.dumps({"table": table, **row._asdict()}, option=orjson.OPT_APPEND_NEWLINE))
     os.replace(partial, path)
     return path
 

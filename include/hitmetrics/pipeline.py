@@ -94,15 +94,16 @@ def aggregate_partitions(
 ) -> list[str]:
     """Aggregate each partition the load touched, of the plan's environments; returns the staging files."""
     staging = settings.data_dir / "staging" / load_report["load_id"]
-    paths = []
+    partitions = []
     for day_text, environment, _count in sorted(load_report["partitions"]):
-        if environment not in plan.environments:
-            continue
-        day = dt.date.fromisoformat(day_text)
-        index = indexes.index_name(settings.index_prefix, day, environment)
-        aggs = aggregate.aggregate_partition(es, index, day, environment, settings.timezone)
-        paths.append(str(aggregate.write_aggregates(aggs, staging / f"{day_text}-{environment}.ndjson.gz")))
-        log.info("%s %s: %d hits in %d pages", day_text, environment, aggs.es_count, len(aggs.by_page_daily))
+        if environment in plan.environments:
+            day = dt.date.fromisoformat(day_text)
+            partitions.append((indexes.index_name(settings.index_prefix, day, environment), day, environment))
+    paths = []
+    for aggs in aggregate.aggregate_partitions(es, partitions, settings.timezone):
+        path = staging / f"{aggs.day.isoformat()}-{aggs.environment}.ndjson.gz"
+        paths.append(str(aggregate.write_aggregates(aggs, path)))
+        log.info("%s %s: %d hits in %d pages", aggs.day, aggs.environment, aggs.es_count, len(aggs.by_page_daily))
     return paths
 
 

@@ -245,7 +245,7 @@ def _replace_rows(conn: Connection, aggs: PartitionAggregates) -> None:
     for name, rows in aggs.tables().items():
         table = ROLLUP_TABLES[name]
         conn.execute(delete(table).where(_in_partition(table, aggs.environment, aggs.day, aggs.timezone)))
-        for batch in _batches([vars(row) for row in rows]):
+        for batch in _batches([row._asdict() for row in rows]):
             conn.execute(insert(table), batch)
 
 

@@ -151,9 +151,12 @@ def _max_buckets(es: Elasticsearch) -> object:
     return es.cluster.get_settings(flat_settings=True)["persistent"].get("search.max_buckets")
 
 
-def test_more_pages_than_search_max_buckets(es: Elasticsearch, index_prefix: str, monkeypatch) -> None:
-    """Parts planned for the default limit are refused by a lower one, and redone in halves until accepted."""
-    day, pages, limit = dt.date(2026, 3, 29), 1200, 1000
+@pytest.mark.parametrize(("pages", "planned"), [(1200, 2), (600, 1)])
+def test_more_pages_than_search_max_buckets(
+    es: Elasticsearch, index_prefix: str, monkeypatch, pages: int, planned: int
+) -> None:
+    """Parts planned for the default limit (or one request) are refused by a lower one, and redone in halves."""
+    day, limit = dt.date(2026, 3, 29), 1000
     start = day_bounds(day, "UTC")[0]
     hits = [Hit(f"/p/{n:05d}", start + dt.timedelta(seconds=n * 60), n % 50) for n in range(pages)]
     index = make_index(es, index_prefix, day, "production", hits)
@@ -163,8 +166,10 @@ def test_more_pages_than_search_max_buckets(es: Elasticsearch, index_prefix: str
     # A shared node: the lowered limit lasts only as long as these two requests.
     es.cluster.put_settings(persistent={"search.max_buckets": limit})
     try:
+        by_30m = {"h": {"date_histogram": {"field": "datetime", "fixed_interval": "30m"}}}
         with pytest.raises(ApiError) as refused:
-            es.search(index=index, size=0, aggs={"pages": {"terms": {"field": "page", "size": pages}}})
+            es.search(index=index, size=0, aggs={"pages": {"terms": {"field": "page", "size": pages}, "aggs": by_30m}})
+        asked.clear()
         aggs = aggregate_partition(es, index, day, "production", "UTC")
     finally:
         es.cluster.put_settings(persistent={"search.max_buckets": previous})
@@ -175,9 +180,8 @@ def test_more_pages_than_search_max_buckets(es: Elasticsearch, index_prefix: str
     assert len(aggs.by_page_30m) == pages
     assert set(aggs.by_page_30m) == expected_rows(hits, day, "UTC")["page_30m"]
     assert check_partition(aggs).passed
-    first = min(of for _, of in asked)
-    assert first >= aggregate.MIN_PARTS
-    assert max(of for _, of in asked) > first, "no part was refused and redone"
+    assert min(of for _, of in asked) == planned
+    assert max(of for _, of in asked) > planned, "no part was refused and redone"
 
 
 def parts_asked(es: Elasticsearch, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
@@ -186,8 +190,9 @@ def parts_asked(es: Elasticsearch, monkeypatch: pytest.MonkeyPatch) -> list[tupl
     search = es.search
 
     def spy(**body):
-        part = body.get("aggs", {}).get("pages", {}).get("terms", {}).get("include")
-        if part:
+        terms = body.get("aggs", {}).get("pages", {}).get("terms")
+        if terms:
+            part = terms.get("include", {"partition": 0, "num_partitions": 1})
             asked.append((part["partition"], part["num_partitions"]))
         return search(**body)
 
@@ -215,16 +220,37 @@ def test_any_number_of_parts_gives_the_same_rows(es: Elasticsearch, index_prefix
     expected = expected_rows(hits, day, "UTC")
     assert set(one.by_page_30m) == expected["page_30m"]
     assert set(one.by_page_daily) == expected["page_daily"]
-    for parts in (None, 2, 7):
+    for parts in (2, 7):
         asked.clear()
         aggs = aggregate_partition(es, index, day, "production", "UTC", parts=parts)
         assert aggs == one  # the same rows in the same order: by page, then time
-        assert sorted(asked) == [(n, len(asked)) for n in range(len(asked))]
-        assert len(asked) == (parts or aggregate.MIN_PARTS)
+        assert sorted(asked) == [(n, parts) for n in range(parts)]
 
 
-def test_part_with_more_pages_than_its_size_is_redone_in_halves(
+def test_small_partition_takes_one_request_and_a_large_one_parallel_parts(
     es: Elasticsearch, index_prefix: str, monkeypatch
+) -> None:
+    day = dt.date(2026, 3, 29)
+    index = make_index(es, index_prefix, day, "production", many_pages(day))
+    asked = parts_asked(es, monkeypatch)
+    opened = []
+    open_point_in_time = es.open_point_in_time
+    monkeypatch.setattr(es, "open_point_in_time", lambda **kw: opened.append(kw) or open_point_in_time(**kw))
+
+    small = aggregate_partition(es, index, day, "production", "UTC")
+    assert (asked, opened) == ([(0, 1)], [])
+
+    asked.clear()
+    monkeypatch.setattr(aggregate, "PARALLEL_HITS", 3000)  # the partition's hits
+    large = aggregate_partition(es, index, day, "production", "UTC")
+    assert sorted(asked) == [(n, aggregate.MIN_PARTS) for n in range(aggregate.MIN_PARTS)]
+    assert len(opened) == 1
+    assert large == small
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_part_with_more_pages_than_its_size_is_redone_in_halves(
+    es: Elasticsearch, index_prefix: str, monkeypatch, parts: int
 ) -> None:
     """A part whose terms size is too small (an underestimated page count) must not lose pages."""
     day = dt.date(2026, 3, 29)
@@ -233,10 +259,30 @@ def test_part_with_more_pages_than_its_size_is_redone_in_halves(
     asked = parts_asked(es, monkeypatch)
     monkeypatch.setattr(aggregate, "_terms_size", lambda page_count: 8)
 
-    aggs = aggregate_partition(es, index, day, "production", "UTC", parts=2)
+    aggs = aggregate_partition(es, index, day, "production", "UTC", parts=parts)
 
     expected = expected_rows(hits, day, "UTC")
     assert set(aggs.by_page_daily) == expected["page_daily"]
     assert set(aggs.by_page_30m) == expected["page_30m"]
     assert check_partition(aggs).passed
     assert max(of for _, of in asked) >= 8
+
+
+def test_partitions_of_a_day_come_in_order_as_if_one_at_a_time(es: Elasticsearch, index_prefix: str) -> None:
+    days = [dt.date(2026, 3, 28), dt.date(2026, 3, 29), dt.date(2026, 3, 30)]
+    partitions = []
+    for n, day in enumerate(days):
+        index = make_index(es, index_prefix, day, "production", many_pages(day, seed=n))
+        partitions.append((index, day, "production"))
+
+    found = list(aggregate.aggregate_partitions(es, partitions, "UTC"))
+
+    assert found == [aggregate_partition(es, *partition, "UTC") for partition in partitions]
+
+
+def test_a_failed_partition_of_a_day_raises(es: Elasticsearch, index_prefix: str) -> None:
+    day = dt.date(2026, 3, 29)
+    index = make_index(es, index_prefix, day, "production", many_pages(day))
+    partitions = [(index, day, "production"), (f"{index_prefix}-missing", day, "production")]
+    with pytest.raises(ApiError, match="index_not_found"):
+        list(aggregate.aggregate_partitions(es, partitions, "UTC"))
