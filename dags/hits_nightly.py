@@ -34,7 +34,7 @@ TAGS = ["hitmetrics", "elasticsearch", "rollups"]
 PARAMS = {
     "day": Param(None, type=["null", "string"], format="date", title="Landing day",
                  description="YYYY-MM-DD; empty: the day before the run"),
-    "environments": Param([], type="array", items={"type": "string"}, title="Environments",
+    "environments": Param([], type=["null", "array"], items={"type": "string"}, title="Environments",
                           description="One per line; empty: every configured environment"),
     "full_reload": Param(False, type="boolean", title="Full reload",
                          description="Also when the day's folder was removed: delete what it contributed"),

@@ -42,6 +42,15 @@ def test_nightly_stages_are_separate_tasks(dagbag) -> None:
     assert set(dag.params) == {"day", "environments", "full_reload"}
 
 
+def test_trigger_form_does_not_require_what_may_be_left_empty(dagbag) -> None:
+    """The trigger form marks a field required unless its type admits null: a parameter left empty must."""
+    for dag in dagbag.dags.values():
+        for name in dag.params:
+            param = dag.params.get_param(name)
+            if param.value in (None, [], ""):
+                assert "null" in param.schema["type"], (dag.dag_id, name)
+
+
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))
 def test_parsing_is_cheap(dag_file: str) -> None:
     """No connections, network or heavy imports at parse time: elasticsearch, pandas and sqlalchemy stay unloaded."""
