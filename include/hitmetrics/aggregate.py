@@ -1,11 +1,12 @@
 """30-minute and daily hit aggregations of one partition (local day, environment), computed in Elasticsearch.
 
-Hits never leave Elasticsearch. A cheap first request counts the partition's distinct pages. The page rows then
-come from a `terms` aggregation on `page`, with each page's day and half hours below it, split into term partitions
-(`include.partition`) small enough for `search.max_buckets`; they are computed in parallel with the totals (hits,
-the environment's half hours and day), so a partition costs about one pass over its hits whatever its number of
-pages. Every request of a partition runs in one point in time, so the rows and the count they are checked against
-describe the same snapshot.
+Hits never leave Elasticsearch. A cheap first request counts the partition's hits and distinct pages. The page
+rows come from a `terms` aggregation on `page`, with each page's day and half hours below it; the totals (hits,
+the environment's half hours and day) are the check's independent source. A small partition gets both in one
+request. A large one has its page rows split into term partitions (`include.partition`) small enough for
+`search.max_buckets`, computed in parallel with the totals in one point in time, so the rows and the count they
+are checked against describe the same snapshot; it costs about one pass over its hits whatever its number of
+pages. `aggregate_partitions` runs a day's partitions two at a time.
 
 The aggregate and rollup tasks are separate Airflow tasks and the rows are too big for XCom: they travel through a
 gzipped NDJSON file (`write_aggregates` / `read_aggregates`).
@@ -223,7 +224,7 @@ def aggregate_partition(
     if not hits:
         found, page_buckets = count, []
     elif parts == 1 and (found := _in_one_request(es, index, query, {**totals, **pages(0, 1)})):
-        page_buckets = found["aggregations"]["pages"].get("buckets", [])
+        page_buckets = _pages_of(found).get("buckets", [])
     else:
         # Two halves at least when one request was refused or fell short.
         found, page_buckets = _in_parts(es, index, query, totals, pages, max(parts, 2))
@@ -243,7 +244,12 @@ def _in_one_request(
         if _refused_as_too_large(error):
             return None
         raise
-    return None if found["aggregations"]["pages"].get("sum_other_doc_count") else found
+    return None if _pages_of(found).get("sum_other_doc_count") else found
+
+
+def _pages_of(response: dict[str, Any]) -> dict[str, Any]:
+    # filter_path leaves out what is empty: no buckets, or no aggregations at all.
+    return response.get("aggregations", {}).get("pages", {})
 
 
 def _in_parts(
@@ -272,7 +278,7 @@ def _in_parts(
         return response
 
     def fetch_part(partition: int, of: int) -> dict[str, Any]:
-        return search(pages(partition, of)).get("aggregations", {}).get("pages", {})
+        return _pages_of(search(pages(partition, of)))
 
     pool = ThreadPoolExecutor(AGG_CONCURRENCY, thread_name_prefix="aggregate")
     try:
@@ -330,8 +336,8 @@ def aggregate_partitions(
 ) -> Iterator[PartitionAggregates]:
     """`aggregate_partition` of each (index, day, environment), in that order, `PARTITION_CONCURRENCY` at a time.
 
-    While one partition's responses are parsed in Python, the node works on the next; at most that many
-    partitions' rows are held at once.
+    While one partition's responses are parsed in Python, the node works on the next; only the rows of the
+    partitions in flight and of the one being consumed are held.
     """
     pool = ThreadPoolExecutor(PARTITION_CONCURRENCY, thread_name_prefix="partition")
     running: deque[Future[PartitionAggregates]] = deque()
