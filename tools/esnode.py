@@ -15,6 +15,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,16 +35,17 @@ LAUNCHER_CLASS = "hitmetrics.esnode.Launcher"
 DEFAULT_PORT = 9200
 DEFAULT_HEAP = "512m"
 START_TIMEOUT_S = 120
-# What the distribution's launcher gives its JVM (SystemJvmOptions, jvm.options and the G1 ergonomics), but for the
-# module-specific ones. Pre-touching the heap matters for speed: without it, a young node spends its first minutes
-# faulting in fresh heap pages, and every figure measured on it is too slow.
+DEAD_PORT_WAIT_S = 10
+# What the distribution's launcher gives its JVM (SystemJvmOptions and jvm.options), but for the module-specific
+# ones; `jvm_options` adds its heap ergonomics. Pre-touching the heap matters for speed: without it, a young node
+# spends its first minutes faulting in fresh heap pages, and every figure measured on it is too slow.
 JVM_OPTIONS = (
-    "-XX:+UseG1GC", "-XX:G1ReservePercent=25", "-XX:InitiatingHeapOccupancyPercent=30", "-XX:+AlwaysPreTouch",
-    "-Xss1m", "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8", "-XX:-OmitStackTraceInFastThrow",
-    "-Dio.netty.noUnsafe=true", "-Dio.netty.noKeySetOptimization=true", "-Dio.netty.recycler.maxCapacityPerThread=0",
-    "-Dlog4j.shutdownHookEnabled=false", "-Dlog4j2.disable.jmx=true", "-Dlog4j2.formatMsgNoLookups=true",
-    "-Djava.locale.providers=CLDR",
+    "-XX:+UseG1GC", "-XX:+AlwaysPreTouch", "-Xss1m", "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
+    "-XX:-OmitStackTraceInFastThrow", "-Dio.netty.noUnsafe=true", "-Dio.netty.noKeySetOptimization=true",
+    "-Dio.netty.recycler.maxCapacityPerThread=0", "-Dlog4j.shutdownHookEnabled=false", "-Dlog4j2.disable.jmx=true",
+    "-Dlog4j2.formatMsgNoLookups=true", "-Djava.locale.providers=CLDR",
 )  # fmt: skip
+_HEAP = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
 
 
 class NodeError(Exception):
@@ -144,6 +146,11 @@ def running(data_dir: Path | None = None) -> NodeInfo | None:
     except (OSError, ValueError):
         return None
     if not _alive(state["pid"]):
+        # A killed JVM is gone from view before the kernel has torn it down and closed its port (a pre-touched
+        # heap takes a while to unmap): give the port a moment, so a restart on it is not refused.
+        deadline = time.monotonic() + DEAD_PORT_WAIT_S
+        while _port_taken(state["port"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
         pid_file.unlink(missing_ok=True)
         return None
     return NodeInfo(pid=state["pid"], port=state["port"], data_dir=data_dir)
@@ -168,12 +175,27 @@ def _last_error(log: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+def jvm_options(heap: str) -> list[str]:
+    """The JVM options for a node with this heap (e.g. 512m, 4g), with the distribution's heap ergonomics."""
+    match = _HEAP.match(heap)
+    if match is None:
+        raise NodeError(f"heap {heap!r} is not a size such as 512m or 4g")
+    size = int(match[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[match[2].lower()]
+    small = size < 8 << 30  # the distribution tunes G1 differently below 8 GB
+    return [
+        f"-Xms{heap}", f"-Xmx{heap}", *JVM_OPTIONS, f"-XX:MaxDirectMemorySize={size // 2}",
+        *(["-XX:G1HeapRegionSize=4m"] if small else []), "-XX:InitiatingHeapOccupancyPercent=30",
+        f"-XX:G1ReservePercent={15 if small else 25}",
+    ]  # fmt: skip
+
+
 def start(port: int = DEFAULT_PORT, data_dir: Path | None = None, heap: str = DEFAULT_HEAP) -> NodeInfo:
     """Start the node (or return the one already serving `data_dir`) and wait until the cluster is healthy."""
     data_dir = (data_dir or default_data_dir()).resolve()
     existing = running(data_dir)
     if existing:
         return existing
+    options = jvm_options(heap)
     java = _java()
     if _port_taken(port):
         raise NodeError(f"port {port} on 127.0.0.1 is already taken by another program: choose another with --port")
@@ -182,7 +204,7 @@ def start(port: int = DEFAULT_PORT, data_dir: Path | None = None, heap: str = DE
     logs.mkdir(parents=True, exist_ok=True)
     out = logs / "node.out"
     command = [
-        java, f"-Xms{heap}", f"-Xmx{heap}", *JVM_OPTIONS,
+        java, *options,
         "--module-path", str(home / "lib"), "--add-modules", "ALL-MODULE-PATH",
         "-cp", str(next((home / "launcher").glob("*.jar"))), LAUNCHER_CLASS,
         "-E", f"path.home={home}", "-E", f"path.data={data_dir / 'data'}", "-E", f"path.logs={logs}",

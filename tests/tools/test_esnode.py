@@ -88,3 +88,20 @@ def test_missing_jdk_is_one_line(node_dir: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no JDK found")
+
+
+def test_jvm_options_follow_the_distributions_heap_ergonomics() -> None:
+    small = esnode.jvm_options("512m")
+    assert {"-Xms512m", "-Xmx512m", "-XX:+AlwaysPreTouch", "-XX:G1HeapRegionSize=4m", "-XX:G1ReservePercent=15"} <= set(
+        small
+    )
+    assert f"-XX:MaxDirectMemorySize={256 << 20}" in small
+    large = esnode.jvm_options("16G")
+    assert "-XX:G1ReservePercent=25" in large
+    assert not any(option.startswith("-XX:G1HeapRegionSize") for option in large)
+
+
+def test_bad_heap_is_one_line(node_dir: Path) -> None:
+    result = cli("start", "--port", str(esnode.free_port()), "--data", str(node_dir), "--heap", "lots")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "heap 'lots' is not a size" in result.stderr
