@@ -27,7 +27,7 @@ from tools import esnode
 DAY = dt.date(2026, 11, 25)
 SMOKE_HITS = 2_000
 WARMUP_BODIES = 30  # about 1M documents: less left the first ceiling run measurably colder than the second
-ROLLUP_WARMUP_S = 15  # a young node's aggregations reach their steady speed within about 10 s of work
+ROLLUP_WARMUP_S = 15  # our aggregations run untimed this long first: a young node runs them slower until JIT-compiled
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 TARGETS = {
     "loader_vs_ceiling": 0.9,
