@@ -121,7 +121,7 @@ def test_records_of_many_days_do_not_pile_up_in_memory(es, settings, index_prefi
     sent = []
 
     def send(es, chunk):
-        sent.append(sum(map(len, chunk.ndjson)))
+        sent.append(len(chunk.ndjson))
         return real_send(es, chunk)
 
     monkeypatch.setattr(load, "_send_chunk", send)
@@ -274,42 +274,42 @@ def test_transient_errors_and_backpressure_are_retried(es, settings, index_prefi
     monkeypatch.setattr(load, "CHUNK_DOCS", 100)
     monkeypatch.setattr(load, "BULK_THREADS", 1)  # one request at a time, so the failures hit known requests
     write(settings, "a.jsonl", [hit(user_id=n) for n in range(350)])
-    real_bulk = Elasticsearch.bulk
+    real_post = load._post_bulk
     calls = []
 
-    def flaky_bulk(self, **kwargs):
-        calls.append((len(kwargs["operations"]), kwargs["filter_path"]))
+    def flaky_post(es, body, filter_path):
+        calls.append((body.count(b"\n"), filter_path))
         if len(calls) == 1:
             raise ESConnectionError("connection refused")
-        response = real_bulk(self, **kwargs)
+        response = real_post(es, body, filter_path)
         # Elasticsearch says 429 for ten documents: the loader, told only that something failed, asks again for
         # each item's status, then sends those ten again alone.
         if len(calls) in (2, 3):
-            response.body["errors"] = True
-            for item in response.body.get("items", [])[:10]:
+            response["errors"] = True
+            for item in response.get("items", [])[:10]:
                 item["index"].update(status=429, error={"type": "es_rejected_execution_exception"})
         return response
 
-    monkeypatch.setattr(Elasticsearch, "bulk", flaky_bulk)
+    monkeypatch.setattr(load, "_post_bulk", flaky_post)
     report = load_landing_day(es, settings, DAY)
     assert report.loaded == 350
     assert len(stored(es, index_prefix)) == 350
-    # The same request again, answered item by item; then the ten 429 documents alone (action + source lines).
-    assert calls[1:4] == [(1, load.QUICK_FILTER_PATH), (1, load.ITEMS_FILTER_PATH), (20, load.ITEMS_FILTER_PATH)]
+    # The same 100 documents again, answered item by item; then the ten 429 documents alone (action + source lines).
+    assert calls[1:4] == [(200, load.QUICK_FILTER_PATH), (200, load.ITEMS_FILTER_PATH), (20, load.ITEMS_FILTER_PATH)]
 
 
 def test_elasticsearch_refusing_documents_fails_the_load(es, settings, monkeypatch):
     write(settings, "a.jsonl", [hit()])
-    real_bulk = Elasticsearch.bulk
+    real_post = load._post_bulk
 
-    def refusing_bulk(self, **kwargs):
-        response = real_bulk(self, **kwargs)
-        response.body["errors"] = True
-        if "items" in response.body:  # the second time, when the loader asks which documents failed
-            response.body["items"][0]["index"].update(status=400, error={"type": "mapper_parsing_exception"})
+    def refusing_post(es, body, filter_path):
+        response = real_post(es, body, filter_path)
+        response["errors"] = True
+        if "items" in response:  # the second time, when the loader asks which documents failed
+            response["items"][0]["index"].update(status=400, error={"type": "mapper_parsing_exception"})
         return response
 
-    monkeypatch.setattr(Elasticsearch, "bulk", refusing_bulk)
+    monkeypatch.setattr(load, "_post_bulk", refusing_post)
     with pytest.raises(LoadError, match="refused 1 document.*mapper_parsing_exception"):
         load_landing_day(es, settings, DAY)
 
@@ -367,16 +367,16 @@ def test_refresh_and_replicas_are_off_while_loading_and_restored_when_the_load_f
         "index.auto_expand_replicas": "0-1",
     }
     monkeypatch.setattr(load, "CHUNK_DOCS", 100)
-    real_bulk = Elasticsearch.bulk
+    real_post = load._post_bulk
     during = []
 
-    def bulk_then_fail(self, **kwargs):
+    def post_then_fail(client, body, filter_path):
         during.append(index_settings(es, index))
         if len(during) == 2:
             raise RuntimeError("the worker died")
-        return real_bulk(self, **kwargs)
+        return real_post(client, body, filter_path)
 
-    monkeypatch.setattr(Elasticsearch, "bulk", bulk_then_fail)
+    monkeypatch.setattr(load, "_post_bulk", post_then_fail)
     with pytest.raises(RuntimeError, match="the worker died"):
         load_landing_day(es, settings, DAY)
     assert during[0] == load.LOAD_SETTINGS
