@@ -83,3 +83,8 @@ def postgres_url() -> Iterator[str]:
     yield url
     pgserver.stop(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this run's temporary AIRFLOW_HOME (many runs used to leave theirs behind)."""
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
