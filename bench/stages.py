@@ -27,9 +27,9 @@ import orjson
 import pandas as pd
 from elasticsearch import Elasticsearch, helpers
 
-from hitmetrics import aggregate, load
+from hitmetrics import aggregate, load, pipeline
 from hitmetrics.config import Settings
-from hitmetrics.indexes import index_name, index_template
+from hitmetrics.indexes import index_template
 from hitmetrics.ingest import Reject, find_day_files, landing_root, parse_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,10 +182,7 @@ def rollups(
     round warms its own path. The shard request cache, which would answer our rounds from memory, is emptied
     before each of them.
     """
-    jobs = []
-    for day_text, environment, _ in sorted(partitions):
-        day = dt.date.fromisoformat(day_text)
-        jobs.append((index_name(settings.index_prefix, day, environment), day, environment))
+    jobs = pipeline.partition_indexes(settings, partitions, settings.environments)
 
     def aggregate_day() -> tuple[float, list[aggregate.PartitionAggregates]]:
         es.indices.clear_cache(index=",".join(index for index, _, _ in jobs), request=True)

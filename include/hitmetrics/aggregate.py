@@ -199,16 +199,11 @@ def aggregate_partition(
     page_aggs = {**users, "by_30m": {**half_hours, "aggs": users}}
 
     # Hits and distinct pages (global ordinals: cheap) size the work; the rows come in a snapshot of their own.
-    count = es.search(
-        index=index,
-        query=query,
-        size=0,
-        track_total_hits=True,
-        aggs={"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}},
-        filter_path=_FILTER_PATH,
-    ).body
+    count = _search(
+        es, index, query, {"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}}
+    )
     hits = count["hits"]["total"]["value"]
-    page_count = count.get("aggregations", {}).get("pages", {}).get("value", 0)
+    page_count = _pages_of(count).get("value", 0)
     size = _terms_size(page_count)
     if parts is None:
         slots = math.ceil((end - start) / dt.timedelta(minutes=30))
@@ -237,14 +232,17 @@ def _in_one_request(
     """The totals and every page in one request (one snapshot, no point in time); None when the cluster refuses
     it as too large, or pages fell beyond the terms size (an underestimated page count): parts take over."""
     try:
-        found = es.search(
-            index=index, query=query, size=0, track_total_hits=True, aggs=aggs, filter_path=_FILTER_PATH
-        ).body
+        found = _search(es, index, query, aggs)
     except ApiError as error:
         if _refused_as_too_large(error):
             return None
         raise
     return None if _pages_of(found).get("sum_other_doc_count") else found
+
+
+def _search(es: Elasticsearch, index: str, query: dict[str, Any], aggs: dict[str, Any]) -> dict[str, Any]:
+    """One counted aggregation request, a snapshot of its own."""
+    return es.search(index=index, query=query, size=0, track_total_hits=True, aggs=aggs, filter_path=_FILTER_PATH).body
 
 
 def _pages_of(response: dict[str, Any]) -> dict[str, Any]:

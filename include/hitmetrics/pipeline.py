@@ -89,16 +89,25 @@ def record_failed_load(database_url: str, report: LoadReport) -> None:
     rollup.record_load(engine, report_dict(report))
 
 
+def partition_indexes(
+    settings: Settings, partitions: Sequence[Sequence[Any]], environments: Sequence[str]
+) -> list[tuple[str, dt.date, str]]:
+    """(index, day, environment) of a load report's [day, environment, count] partitions of `environments`,
+    in day and environment order."""
+    found = []
+    for day_text, environment, _count in sorted(partitions):
+        if environment in environments:
+            day = dt.date.fromisoformat(day_text)
+            found.append((indexes.index_name(settings.index_prefix, day, environment), day, environment))
+    return found
+
+
 def aggregate_partitions(
     es: Elasticsearch, settings: Settings, plan: RunPlan, load_report: dict[str, Any]
 ) -> list[str]:
     """Aggregate each partition the load touched, of the plan's environments; returns the staging files."""
     staging = settings.data_dir / "staging" / load_report["load_id"]
-    partitions = []
-    for day_text, environment, _count in sorted(load_report["partitions"]):
-        if environment in plan.environments:
-            day = dt.date.fromisoformat(day_text)
-            partitions.append((indexes.index_name(settings.index_prefix, day, environment), day, environment))
+    partitions = partition_indexes(settings, load_report["partitions"], plan.environments)
     paths = []
     for aggs in aggregate.aggregate_partitions(es, partitions, settings.timezone):
         path = staging / f"{aggs.day.isoformat()}-{aggs.environment}.ndjson.gz"
