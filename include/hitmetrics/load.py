@@ -17,6 +17,7 @@ when it fails.
 from __future__ import annotations
 
 import base64
+import ctypes
 import datetime as dt
 import hashlib
 import itertools
@@ -72,6 +73,11 @@ BULK_THREADS = 3
 BUFFERED_BYTES = 4 * CHUNK_BYTES
 BUFFERED_CHECK_EVERY = 4096
 BULK_TIMEOUT_S = 120
+# glibc serves a block this large or larger with its own mmap, handed back to the system when freed. Its default
+# threshold rises to the size of the largest block freed so far: after the first body, bodies come from the heap,
+# whose freed holes fragment and grow the process with the length of the load.
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 # Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
 RETRIES = 6
 INITIAL_BACKOFF_S = 1.0
@@ -187,6 +193,16 @@ def new_load_id() -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
+def _fix_mmap_threshold() -> bool:
+    """Have glibc mmap every block of `MMAP_THRESHOLD_BYTES` or more (the bulk bodies), so the memory of a load
+    stays flat however long it runs; False where the C library has no `mallopt` (not glibc), which changes nothing.
+
+    The setting is the process's, and harmless to the rest of it: only blocks this large are affected.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 def load_landing_day(
     es: Elasticsearch,
     settings: Settings,
@@ -210,6 +226,7 @@ def load_landing_day(
     load_id = load_id or new_load_id()
     if not LOAD_ID.match(load_id):
         raise ValueError(f"load id {load_id!r} must be 1-128 letters, digits or ._:+- (starting with one of the first)")
+    _fix_mmap_threshold()
     root = landing if landing is not None else landing_root(settings.landing)
     try:
         files, ignored = find_day_files(root, landing_day)
