@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import gzip
+import threading
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +34,47 @@ UTC = dt.UTC
 
 def _utc(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@pytest.fixture
+def gc_enabled() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    (gc.enable if was else gc.disable)()
+
+
+def test_cyclic_gc_is_paused_while_any_thread_aggregates(gc_enabled: None) -> None:
+    pause = aggregate._CyclicGCPause()
+    first_in, second_out = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with pause:
+            first_in.set()
+            second_out.wait(10)
+            seen.append(gc.isenabled())  # the other thread left, this one is still inside
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(10)
+    with pause, pause:  # re-entrant
+        seen.append(gc.isenabled())
+    second_out.set()
+    thread.join(10)
+    assert seen == [False, False]
+    assert gc.isenabled()
+
+
+def test_cyclic_gc_comes_back_after_an_error_and_stays_off_if_it_was(gc_enabled: None) -> None:
+    pause = aggregate._CyclicGCPause()
+    with pytest.raises(RuntimeError), pause:
+        raise RuntimeError("refused")
+    assert gc.isenabled()
+    gc.disable()
+    with pause:
+        pass
+    assert not gc.isenabled()
 
 
 @pytest.mark.parametrize(
