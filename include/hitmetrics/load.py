@@ -75,7 +75,9 @@ BUFFERED_CHECK_EVERY = 4096
 BULK_TIMEOUT_S = 120
 # glibc serves a block this large or larger with its own mmap, handed back to the system when freed. Its default
 # threshold rises to the size of the largest block freed so far: after the first body, bodies come from the heap,
-# whose freed holes fragment and grow the process with the length of the load.
+# whose freed holes fragment and grow the process with the length of the load (peak RSS 136 MiB at 1M hits, 165 at
+# 10M; with the threshold fixed, 119 and 133: the bodies in flight). The price is the page faults of fresh memory
+# for every body, about 0.3 us per record.
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 # Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
