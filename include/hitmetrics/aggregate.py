@@ -277,8 +277,21 @@ def _in_one_request(
 
 
 def _search(es: Elasticsearch, index: str, query: dict[str, Any], aggs: dict[str, Any]) -> dict[str, Any]:
-    """One counted aggregation request, a snapshot of its own."""
-    return es.search(index=index, query=query, size=0, track_total_hits=True, aggs=aggs, filter_path=_FILTER_PATH).body
+    """One counted aggregation request, a snapshot of its own.
+
+    Like every request here, it skips the shard request cache: a day is aggregated once, and caching its large
+    answers would cost a serialization each (about 3 % of the node's time) and push the small, repeated answers of
+    the UI out of the cache.
+    """
+    return es.search(
+        index=index,
+        query=query,
+        size=0,
+        track_total_hits=True,
+        aggs=aggs,
+        filter_path=_FILTER_PATH,
+        request_cache=False,
+    ).body
 
 
 def _pages_of(response: dict[str, Any]) -> dict[str, Any]:
@@ -306,6 +319,7 @@ def _in_parts(
             size=0,
             aggs=aggs,
             filter_path=_FILTER_PATH,
+            request_cache=False,
             **body,
         ).body
         pit_id = response.get("pit_id", pit_id)

@@ -248,6 +248,19 @@ def test_small_partition_takes_one_request_and_a_large_one_parallel_parts(
     assert large == small
 
 
+@pytest.mark.parametrize("parallel_hits", [10**9, 1])
+def test_aggregations_skip_the_request_cache(
+    es: Elasticsearch, index_prefix: str, monkeypatch, parallel_hits: int
+) -> None:
+    """A day's large answers are asked for once: caching them would only cost serializations and evict others."""
+    day = dt.date(2026, 3, 29)
+    index = make_index(es, index_prefix, day, "production", many_pages(day))
+    monkeypatch.setattr(aggregate, "PARALLEL_HITS", parallel_hits)  # one request, then parts in a point in time
+    aggregate_partition(es, index, day, "production", "UTC")
+    cache = es.indices.stats(index=index, metric="request_cache")["_all"]["total"]["request_cache"]
+    assert (cache["miss_count"], cache["memory_size_in_bytes"]) == (0, 0)
+
+
 @pytest.mark.parametrize("parts", [1, 2])
 def test_part_with_more_pages_than_its_size_is_redone_in_halves(
     es: Elasticsearch, index_prefix: str, monkeypatch, parts: int
