@@ -169,7 +169,7 @@ class _CyclicGCPause(ContextDecorator):
 
     A partition's responses decode into hundreds of thousands of dicts and lists and its rows into as many tuples.
     Every 700 new ones set off a collection that walks the young objects, and the survivors soon a full one, yet
-    none of them is part of a cycle: this took more than half of the Python time of a day's rollups. Cyclic garbage
+    none of them is part of a cycle: this took about half of the Python time of a day's rollups. Cyclic garbage
     made meanwhile by other code waits for the last thread out, which turns the collector back on if it was on.
     """
 
