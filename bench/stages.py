@@ -179,8 +179,8 @@ def rollups(
     A node that never aggregated runs our requests several times slower (its JIT has not compiled them yet), while
     a node in service has long done so: ours first runs for `warmup_s` untimed (its first, cold round is reported
     too). Then each way runs twice over the day and is represented by its better round; the pandas way's first
-    round warms its own path. The shard request cache, which would answer our rounds from memory, is emptied
-    before each of them.
+    round warms its own path. Our requests skip the shard request cache; it is emptied before each of our rounds
+    all the same, so no round can be answered from memory.
     """
     jobs = pipeline.partition_indexes(settings, partitions, settings.environments)
 

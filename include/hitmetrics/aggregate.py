@@ -236,7 +236,11 @@ def aggregate_partition(
 
     # Hits and distinct pages (global ordinals: cheap) size the work; the rows come in a snapshot of their own.
     count = _search(
-        es, index, query, {"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}}
+        es,
+        query,
+        {"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}},
+        index=index,
+        track_total_hits=True,
     )
     hits = count["hits"]["total"]["value"]
     page_count = _pages_of(count).get("value", 0)
@@ -268,7 +272,7 @@ def _in_one_request(
     """The totals and every page in one request (one snapshot, no point in time); None when the cluster refuses
     it as too large, or pages fell beyond the terms size (an underestimated page count): parts take over."""
     try:
-        found = _search(es, index, query, aggs)
+        found = _search(es, query, aggs, index=index, track_total_hits=True)
     except ApiError as error:
         if _refused_as_too_large(error):
             return None
@@ -276,22 +280,14 @@ def _in_one_request(
     return None if _pages_of(found).get("sum_other_doc_count") else found
 
 
-def _search(es: Elasticsearch, index: str, query: dict[str, Any], aggs: dict[str, Any]) -> dict[str, Any]:
-    """One counted aggregation request, a snapshot of its own.
+def _search(es: Elasticsearch, query: dict[str, Any], aggs: dict[str, Any], **body: Any) -> dict[str, Any]:
+    """One aggregation request of a partition; `body` names the index or point in time, and more.
 
-    Like every request here, it skips the shard request cache: a day is aggregated once, and caching its large
-    answers would cost a serialization each (about 3 % of the node's time) and push the small, repeated answers of
-    the UI out of the cache.
+    Every request skips the shard request cache: a day is aggregated once, and caching its large answers would
+    cost a serialization each (about 3 % of the node's time) and push the small, repeated answers of the UI out of
+    the cache.
     """
-    return es.search(
-        index=index,
-        query=query,
-        size=0,
-        track_total_hits=True,
-        aggs=aggs,
-        filter_path=_FILTER_PATH,
-        request_cache=False,
-    ).body
+    return es.search(query=query, size=0, aggs=aggs, filter_path=_FILTER_PATH, request_cache=False, **body).body
 
 
 def _pages_of(response: dict[str, Any]) -> dict[str, Any]:
@@ -313,15 +309,7 @@ def _in_parts(
 
     def search(aggs: dict[str, Any], **body: Any) -> dict[str, Any]:
         nonlocal pit_id
-        response = es.search(
-            pit={"id": pit_id, "keep_alive": POINT_IN_TIME_KEEP_ALIVE},
-            query=query,
-            size=0,
-            aggs=aggs,
-            filter_path=_FILTER_PATH,
-            request_cache=False,
-            **body,
-        ).body
+        response = _search(es, query, aggs, pit={"id": pit_id, "keep_alive": POINT_IN_TIME_KEEP_ALIVE}, **body)
         pit_id = response.get("pit_id", pit_id)
         return response
 

@@ -28,7 +28,6 @@ print(libc.mallinfo2().hblkhd >= load.CHUNK_BYTES)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 @pytest.mark.parametrize(("threshold", "mmapped"), [("default", "False"), ("fixed", "True")])
 def test_every_body_is_mmapped_once_the_threshold_is_fixed(threshold: str, mmapped: str) -> None:
     # By default glibc raises its threshold past a freed mmapped block, so later bodies come from the heap.
