@@ -98,15 +98,19 @@ def test_a_backfill_loads_each_runs_previous_day(local_airflow) -> None:
     from hitmetrics import rollup
     from hitmetrics.sample import generate_day
 
+    # Days before today, whatever the clock says: Airflow refuses a backfill of future dates.
+    today = dt.datetime.now(dt.UTC).date()
     landing = local_airflow.data_dir / "landing"
-    for day in (21, 22, 23):
-        generate_day(landing, dt.date(2026, 11, day), hits=800, pages=30, users=100)
+    for back in (6, 5, 4):
+        generate_day(landing, today - dt.timedelta(days=back), hits=800, pages=30, users=100)
     local_airflow.api("PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
     airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run(
-        [airflow, "backfill", "create", "--dag-id", NIGHTLY, "--from-date", "2026-11-22", "--to-date", "2026-11-24"],
-        env=local_airflow.env, check=True, capture_output=True, timeout=180,
+    first, last = (str(today - dt.timedelta(days=back)) for back in (5, 3))
+    created = subprocess.run(
+        [airflow, "backfill", "create", "--dag-id", NIGHTLY, "--from-date", first, "--to-date", last],
+        env=local_airflow.env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
     runs = local_airflow.api("GET", f"/dags/{NIGHTLY}/dagRuns?run_type=backfill")["dag_runs"]
     assert len(runs) >= 2, runs
     for run in runs:
