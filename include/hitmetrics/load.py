@@ -7,7 +7,7 @@ and reloads of corrected folders all end with exactly the folder's current good 
 are used (bulk, point in time, search_after, count), no `_delete_by_query`.
 
 Speed: records are parsed and checked mostly in C (msgspec, see `ingest.py`) and each `_source` is encoded by
-msgspec straight onto the end of the bulk body (the action line from a template). Bodies are sized by bytes, with
+msgspec and written onto the end of the bulk body (the action line from a template). Bodies are sized by bytes, with
 several requests in flight while the next body is parsed; a request is answered only with whether anything
 failed. Indexes are created and tuned in the background while records are parsed. While a load writes, its
 indexes have refresh off and no replicas; their previous settings come back when the write phase ends, also
@@ -78,7 +78,7 @@ BULK_TIMEOUT_S = 120
 # threshold rises to the size of the largest block freed so far: after the first body, bodies come from the heap,
 # whose freed holes fragment and grow the process with the length of the load (peak RSS 136 MiB at 1M hits, 165 at
 # 10M; with the threshold fixed, 119 and 133: the bodies in flight). The price is the page faults of fresh memory
-# for every body, about 0.3 us per record.
+# for every body (see `chunks` in `_write_documents` for why there is one block per body, not two).
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 # Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
@@ -113,7 +113,7 @@ Action = tuple[str, bytes, bytes | None]
 
 
 class _Source(msgspec.Struct):
-    """A document's `_source`, encoded by msgspec straight onto the end of a bulk body."""
+    """A document's `_source`, encoded by msgspec and written onto the end of a bulk body."""
 
     page: str
     datetime: dt.datetime
