@@ -73,14 +73,14 @@ def airflow_environment(home: Path, port: int, base: Mapping[str, str] | None = 
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
         AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        # Standalone's SQLite is shared by every component and the CLI: wait for a busy writer (sqlite3's
-        # default is 5 s) rather than fail with "database is locked" when the machine is loaded.
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db?timeout=60",
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__PORT=str(port),
         # Tasks report to the execution API; its default URL assumes port 8080.
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
     )
+    # Standalone's SQLite (unless the caller chose a database) is shared by every component and the CLI: wait for
+    # a busy writer (sqlite3's default is 5 s) rather than fail with "database is locked" on a loaded machine.
+    env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db?timeout=60")
     return env
 
 

@@ -22,6 +22,13 @@ def test_environment_serves_the_project_dags_on_the_chosen_port(tmp_path: Path) 
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18123/execution/"
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
     assert env["HITS_TIMEZONE"] == "Europe/Paris"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path}/airflow.db?timeout=60"
+
+
+def test_a_database_the_caller_chose_is_kept(tmp_path: Path) -> None:
+    chosen = "postgresql+psycopg2://airflow@127.0.0.1:5432/airflow"
+    env = airflowlocal.airflow_environment(tmp_path, 18123, base={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": chosen})
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == chosen
 
 
 def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
