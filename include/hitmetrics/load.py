@@ -76,8 +76,8 @@ BUFFERED_CHECK_EVERY = 4096
 BULK_TIMEOUT_S = 120
 # glibc serves a block this large or larger with its own mmap, handed back to the system when freed. Its default
 # threshold rises to the size of the largest block freed so far: after the first body, bodies come from the heap,
-# whose freed holes fragment and grow the process with the length of the load (peak RSS 136 MiB at 1M hits, 165 at
-# 10M; with the threshold fixed, 119 and 133: the bodies in flight). The price is the page faults of fresh memory
+# whose freed holes fragment and grow the process with the length of the load (peak RSS 122 MiB at 1M hits, 143 at
+# 10M; with the threshold fixed, 98 and 109: the bodies in flight). The price is the page faults of fresh memory
 # for every body (see `chunks` in `_write_documents` for why there is one block per body, not two).
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
@@ -324,7 +324,11 @@ def _write_documents(
                 ready_of[index] = preparer.submit(prepare_index, day, environment, index)
             return index
 
-        def chunk(index: str, body: io.BytesIO, docs: int) -> _Chunk:
+        def take(index: str) -> _Chunk:
+            """The index's body as a chunk; the index starts a new body."""
+            pending = bodies[index]
+            body, docs = pending
+            pending[:] = io.BytesIO(), 0
             report.read += docs
             return _Chunk(body.getvalue(), Counter({index: docs}), [ready_of[index]])
 
@@ -358,19 +362,16 @@ def _write_documents(
                 body.write(b"\n")
                 pending[1] += 1
                 if pending[1] >= CHUNK_DOCS or body.tell() >= CHUNK_BYTES:
-                    yield chunk(index, body, pending[1])
-                    pending[:] = io.BytesIO(), 0
+                    yield take(index)
                 unchecked += 1
                 if unchecked >= BUFFERED_CHECK_EVERY:
                     unchecked = 0
                     if sum(body.tell() for body, _ in bodies.values()) >= BUFFERED_BYTES:
-                        largest = max(bodies, key=lambda name: bodies[name][0].tell())
-                        yield chunk(largest, *bodies[largest])
-                        bodies[largest][:] = io.BytesIO(), 0
+                        yield take(max(bodies, key=lambda name: bodies[name][0].tell()))
             files_done += 1
-        for index, (body, docs) in bodies.items():
+        for index, (_, docs) in bodies.items():
             if docs:
-                yield chunk(index, body, docs)
+                yield take(index)
 
     errors: list[dict[str, Any]] = []
     # Leaving this block waits for index preparations still running, so `tuned` knows all it must restore.
