@@ -98,9 +98,9 @@ def validate_text_hit(raw: Mapping[str, str], environments: Collection[str]) -> 
     `user_id` must then be written as a whole number ("42"); "4.2", "true" or "" are not integers.
     """
     user_id = raw.get("user_id")
-    # int() alone would also take "1_000" and non-ASCII digits.
-    if isinstance(user_id, str) and _INTEGER_TEXT.fullmatch(user_id.strip()):
-        raw = {**raw, "user_id": int(user_id)}
+    # int() alone would also take "1_000" and non-ASCII digits, and not every space that strip() removes ("\x1d").
+    if isinstance(user_id, str) and _INTEGER_TEXT.fullmatch(digits := user_id.strip()):
+        raw = {**raw, "user_id": int(digits)}
     return validate_hit(raw, environments)
 
 

@@ -81,7 +81,9 @@ def test_limits_are_inclusive():
     assert validate_hit(hit(user_id=0), ENVS).user_id == 0
 
 
-@pytest.mark.parametrize(("text", "value"), [("42", 42), (" 42 ", 42), ("0", 0), ("2147483647", 2**31 - 1)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("42", 42), (" 42 ", 42), ("42\x1d", 42), ("0", 0), ("2147483647", 2**31 - 1)]
+)
 def test_text_user_ids_that_are_integers(text, value):
     assert validate_text_hit(hit(user_id=text), ENVS).user_id == value
 
