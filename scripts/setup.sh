@@ -23,7 +23,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.hitmetrics-requirements
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# pip install -e . also builds the loader's C fast path (setup.py), again when its source changes.
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+  || [ include/hitmetrics/_fastpath.c -nt "$stamp" ]; then
   echo "setup: installing Python packages (about a minute)"
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r requirements.txt -e .

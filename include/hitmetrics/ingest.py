@@ -3,7 +3,8 @@
 Speed: files are read in blocks split in C; a usual record takes a fast path (a JSON line is decoded and checked
 by msgspec in one call, a CSV line without quotes is split on commas) and only anything else the full way
 (`validate_hit`, the csv module), which accepts it or says why not. The fast paths only ever accept what the full
-way accepts (tests/unit/test_ingest.py compares them on tricky records).
+way accepts (tests/unit/test_ingest.py compares them on tricky records). The loader can pass a `FastPath` of its
+own, which takes usual records straight from the lines (see `parse_batches`).
 
 The landing root is a `pathlib.Path` or any pathlib-like object (`universal_pathlib`'s `UPath`, Airflow's
 `ObjectStoragePath`) offering `/`, `rglob` (or `iterdir`), `is_dir()` and `open("rb")`.
@@ -16,7 +17,7 @@ import datetime as dt
 import gzip
 import itertools
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, NamedTuple, Protocol
@@ -55,6 +56,20 @@ class LandingPath(Protocol):
     def is_dir(self) -> bool: ...
     def iterdir(self) -> Iterator[LandingPath]: ...
     def open(self, mode: str) -> IO[bytes]: ...
+
+
+class FastPath(Protocol):
+    """Takes usual records straight from a block of lines (the loader's C writer, `hitmetrics._fastpath.Writer`).
+
+    A take goes from `position` on and returns the position of the first line it did not take, which the parser
+    then decides, or stops early after a record that left `full` set. It takes only records the parser would accept.
+    """
+
+    full: int
+
+    def take_json(self, lines: list[bytes], position: int, first_number: int) -> int: ...
+    def take_csv(self, lines: list[bytes], position: int, first_number: int) -> int: ...
+    def csv_columns(self, width: int, page: int, datetime: int, user_id: int, environment: int) -> None: ...
 
 
 class MissingLandingDay(FileNotFoundError):
@@ -162,13 +177,22 @@ def parse_file(file: LandingFile, environments: Collection[str]) -> Iterator[Par
         yield from batch
 
 
-def parse_batches(file: LandingFile, environments: Collection[str]) -> Iterator[list[ParsedHit | Reject]]:
-    """`parse_file` in lists of up to `BATCH_RECORDS` items: a loop over a list costs less per record."""
+def parse_batches(
+    file: LandingFile, environments: Collection[str], fast: FastPath | None = None
+) -> Iterator[list[ParsedHit | Reject]]:
+    """`parse_file` in lists of up to `BATCH_RECORDS` items: a loop over a list costs less per record.
+
+    With `fast`, the records it takes are not in the lists (it has written them itself), and a list also ends
+    after each block of lines and whenever `fast` is full, so the caller gets a say that often.
+    """
     with file.path.open("rb") as raw_stream:
         stream = gzip.GzipFile(fileobj=raw_stream) if file.is_gzip else raw_stream
         lines = _Lines(stream)
-        parse = _parse_csv if file.is_csv else _parse_json_lines
-        yield from parse(file.source_file, lines.numbered(), environments)
+        numbered = lines.numbered() if fast is None else _Leftovers(lines, fast, file.is_csv)
+        if file.is_csv:
+            yield from _parse_csv(file.source_file, numbered, environments, fast)
+        else:
+            yield from _parse_json_lines(file.source_file, numbered, environments)
         if lines.error is not None:
             reason = f"the rest of the file is unreadable: {lines.error}"
             yield [Reject(file.source_file, lines.number + 1, reason, "")]
@@ -233,6 +257,41 @@ class _Lines:
         return start, lines
 
 
+# In the lines a fast path leaves: the end of a block, or a full fast path. The parser hands its batch over.
+_BATCH_END = (0, None)
+
+
+class _Leftovers:
+    """The numbered lines `fast` does not take, and `_BATCH_END` after each block and whenever `fast` is full.
+
+    While `paused` (a parser inside a quoted CSV record that spans lines), every line is handed out as it is.
+    """
+
+    def __init__(self, lines: _Lines, fast: FastPath, is_csv: bool) -> None:
+        self.paused = False
+        self._pairs = self._generate(lines, fast, fast.take_csv if is_csv else fast.take_json)
+
+    def __iter__(self) -> Iterator[tuple[int, bytes | None]]:
+        return self._pairs
+
+    def _generate(
+        self, lines: _Lines, fast: FastPath, take: Callable[[list[bytes], int, int], int]
+    ) -> Iterator[tuple[int, bytes | None]]:
+        for start, block in lines._blocks():
+            position = 0
+            while True:
+                if not self.paused:
+                    position = take(block, position, start)
+                    if position < len(block) and fast.full:
+                        yield _BATCH_END
+                        continue
+                if position == len(block):
+                    break
+                yield start + position, block[position]
+                position += 1
+            yield _BATCH_END
+
+
 def _raw_text(data: bytes) -> str:
     """A reject's raw text: invalid bytes escaped, cut at `MAX_RAW_BYTES` so a rejects file stays readable."""
     text = data[:MAX_RAW_BYTES].decode("utf-8", "backslashreplace")
@@ -244,11 +303,15 @@ def _too_long() -> str:
 
 
 def _parse_json_lines(
-    source_file: str, numbered: Iterator[tuple[int, bytes]], environments: Collection[str]
+    source_file: str, numbered: Iterable[tuple[int, bytes | None]], environments: Collection[str]
 ) -> Iterator[list[ParsedHit | Reject]]:
     decode, limit = _decode_json_hit, MAX_LINE_BYTES
     batch: list[ParsedHit | Reject] = []
     for number, line in numbered:
+        if line is None:  # _BATCH_END
+            yield batch
+            batch = []
+            continue
         if len(line) < limit:
             try:
                 hit = decode(line)
@@ -292,7 +355,10 @@ def _json_record(
 
 
 def _parse_csv(
-    source_file: str, numbered: Iterator[tuple[int, bytes]], environments: Collection[str]
+    source_file: str,
+    numbered: Iterable[tuple[int, bytes | None]],
+    environments: Collection[str],
+    fast: FastPath | None,
 ) -> Iterator[list[ParsedHit | Reject]]:
     limit = MAX_LINE_BYTES
     batch: list[ParsedHit | Reject] = []
@@ -301,6 +367,10 @@ def _parse_csv(
     width = 0
     ipage = idatetime = iuser = ienvironment = 0
     for number, line in numbered:
+        if line is None:  # _BATCH_END
+            yield batch
+            batch = []
+            continue
         # The fast path: a line without quotes (nor CR, NUL, or too long) is one record whose cells are its
         # comma-separated parts, as csv would read it; `validate_text_hit`'s rules for the usual record apply.
         # Anything else takes the full way.
@@ -326,7 +396,11 @@ def _parse_csv(
                         batch = []
                     continue
         if special:
+            if fast is not None:
+                numbered.paused = True  # the record's next lines are its own, whatever they look like
             row, reason, raw_lines = _csv_record((number, line), numbered)
+            if fast is not None:
+                numbered.paused = False
             if not reason and not any(cell.strip() for cell in row):
                 continue
         else:
@@ -344,6 +418,8 @@ def _parse_csv(
             if header is not None:
                 width = len(row)
                 ipage, idatetime, iuser, ienvironment = (header[name] for name in FIELDS)
+                if fast is not None:
+                    fast.csv_columns(width, ipage, idatetime, iuser, ienvironment)
                 continue
         reason = reason or header_problem
         if not reason and len(row) != width:
@@ -363,7 +439,9 @@ def _parse_csv(
         yield batch
 
 
-def _csv_record(first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]) -> tuple[list[str], str, list[bytes]]:
+def _csv_record(
+    first: tuple[int, bytes], rest: Iterable[tuple[int, bytes | None]]
+) -> tuple[list[str], str, list[bytes]]:
     """One record read by csv from `first` on, pulling the lines it needs from `rest` (quoted line breaks).
 
     Returns (its cells, the first problem found or "", its physical lines for a reject's raw text).
@@ -374,6 +452,8 @@ def _csv_record(first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]) -> 
     def text_lines() -> Iterator[str]:
         nonlocal problem
         for _, line in itertools.chain([first], rest):
+            if line is None:  # _BATCH_END
+                continue
             raw_lines.append(line)
             if len(line) >= MAX_LINE_BYTES:
                 problem = problem or _too_long()

@@ -6,8 +6,10 @@ folder no longer contributes, in whichever day's index it went. Re-runs, retries
 and reloads of corrected folders all end with exactly the folder's current good records. Only server-core APIs
 are used (bulk, point in time, search_after, count), no `_delete_by_query`.
 
-Speed: records are parsed and checked mostly in C (msgspec, see `ingest.py`) and each `_source` is encoded by
-msgspec and written onto the end of the bulk body (the action line from a template). Bodies are sized by bytes, with
+Speed: the usual records are parsed, checked and written onto the bulk bodies in C (`_fastpath.c`, built by
+`pip install -e .`), byte for byte as the Python way writes them. The Python way does the rest (all of it where the
+extension is not built): records parsed and checked mostly in C (msgspec, see `ingest.py`), each `_source` encoded
+by msgspec and written onto the end of its bulk body (the action line from a template). Bodies are sized by bytes, with
 several requests in flight while the next body is parsed; a request is answered only with whether anything
 failed. Indexes are created and tuned in the background while records are parsed. While a load writes, its
 indexes have refresh off and no replicas; their previous settings come back when the write phase ends, also
@@ -21,7 +23,6 @@ import ctypes
 import datetime as dt
 import hashlib
 import io
-import itertools
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import msgspec
 import orjson
@@ -42,6 +43,7 @@ from elasticsearch import ConnectionError as ESConnectionError
 from hitmetrics.config import Settings
 from hitmetrics.indexes import create_index, ensure_template, index_name, parse_index_name
 from hitmetrics.ingest import (
+    FastPath,
     LandingFile,
     LandingPath,
     MissingLandingDay,
@@ -51,6 +53,11 @@ from hitmetrics.ingest import (
     parse_batches,
 )
 from hitmetrics.model import Hit
+
+try:
+    from hitmetrics import _fastpath
+except ImportError:  # not built (no C compiler at install): the Python way does everything
+    _fastpath = None
 
 __all__ = [
     "LoadError",
@@ -70,9 +77,10 @@ log = logging.getLogger(__name__)
 CHUNK_DOCS = 100_000
 CHUNK_BYTES = 8 << 20
 BULK_THREADS = 3
-# The bodies being built (one per index) hold at most about this much, checked every so many records.
+# The bodies being built (one per index) hold at most about this much, checked after every batch of records.
 BUFFERED_BYTES = 4 * CHUNK_BYTES
-BUFFERED_CHECK_EVERY = 4096
+# Local days around the landing day that the C fast path routes itself (a record of any other day goes the Python way).
+FAST_DAYS = range(-7, 3)
 BULK_TIMEOUT_S = 120
 # glibc serves a block this large or larger with its own mmap, handed back to the system when freed. Its default
 # threshold rises to the size of the largest block freed so far: after the first body, bodies come from the heap,
@@ -297,16 +305,14 @@ def _write_documents(
     last_progress = started
 
     def chunks() -> Iterator[_Chunk]:
-        """The bulk bodies, built in place: no per-record objects outlive a record (see `_chunks`).
-
-        A body is a BytesIO: CPython hands its buffer over as the request's bytes (`getvalue`), where a bytearray
-        would be copied, which costs a second 8 MB block and its page faults for every body.
-        """
+        """The bulk bodies, built in place: no per-record objects outlive a record (see `_chunks`)."""
         nonlocal files_done
         tz, prefix = settings.tz, settings.index_prefix
         utc = settings.timezone == "UTC"
         environments = frozenset(settings.environments)
         encode = msgspec.json.Encoder().encode
+        new_body = _fastpath.Body if _fastpath else _Body
+        days, spans = _day_spans(report.landing_day, tz)
         # Each index is created and tuned in the background while records are parsed; a chunk is sent only
         # once its indexes are ready (see `_send_chunk`).
         ready_of: dict[str, Future[None]] = {}
@@ -324,53 +330,59 @@ def _write_documents(
                 ready_of[index] = preparer.submit(prepare_index, day, environment, index)
             return index
 
+        def router(id_prefix: str) -> Callable[[Partition], tuple[str, bytes, Body]]:
+            """(day, environment) -> the index, its action line but the line number, its body, for one file."""
+            target_of: dict[Partition, tuple[str, bytes, Body]] = {}
+
+            def target(key: Partition) -> tuple[str, bytes, Body]:
+                found = target_of.get(key)
+                if found is None:
+                    index = open_index(*key)
+                    body = bodies.setdefault(index, new_body())
+                    found = target_of[key] = (index, _action_template(index, id_prefix), body)
+                return found
+
+            return target
+
         def take(index: str) -> _Chunk:
-            """The index's body as a chunk; the index starts a new body."""
-            pending = bodies[index]
-            body, docs = pending
-            pending[:] = io.BytesIO(), 0
+            """The index's body as a chunk; the body starts again empty."""
+            body = bodies[index]
+            docs = body.docs
             report.read += docs
-            return _Chunk(body.getvalue(), Counter({index: docs}), [ready_of[index]])
+            return _Chunk(body.take(), Counter({index: docs}), [ready_of[index]])
 
         # One body per index: a bulk request to a single shard is cheaper for the node than one split across many.
         # Records of many days (a backfill) would leave many bodies half full: past `BUFFERED_BYTES` in all, the
-        # largest is sent.
-        bodies: dict[str, list] = {}
-        unchecked = 0
+        # largest are sent.
+        bodies: dict[str, Body] = {}
         for file in files:
             source_file = file.source_file
-            id_prefix = _id_prefix(source_file)
-            # (day, environment) -> the index, its action line but the line number, its body: one lookup per record.
-            target_of: dict[Partition, tuple[str, bytes, list]] = {}
-            for item in itertools.chain.from_iterable(parse_batches(file, environments)):
-                if type(item) is Reject:
-                    report.read += 1
-                    report.rejected += 1
-                    rejects.write(item)
-                    continue
-                instant, environment = item.datetime, item.environment
-                key = (instant.date() if utc else instant.astimezone(tz).date(), environment)
-                target = target_of.get(key)
-                if target is None:
-                    index = open_index(*key)
-                    pending = bodies.setdefault(index, [io.BytesIO(), 0])
-                    target = target_of[key] = (index, _action_template(index, id_prefix), pending)
-                index, action, pending = target
-                body = pending[0]
-                body.write(action % item.line)
-                body.write(encode(_Source(item.page, instant, item.user_id, environment, source_file, load_id)))
-                body.write(b"\n")
-                pending[1] += 1
-                if pending[1] >= CHUNK_DOCS or body.tell() >= CHUNK_BYTES:
+            target = router(_id_prefix(source_file))
+            fast = _fast_writer(source_file, load_id, sorted(environments), days, spans, target) if _fastpath else None
+            for batch in parse_batches(file, environments, fast):
+                for item in batch:
+                    if type(item) is Reject:
+                        report.read += 1
+                        report.rejected += 1
+                        rejects.write(item)
+                        continue
+                    instant, environment = item.datetime, item.environment
+                    index, action, body = target(
+                        (instant.date() if utc else instant.astimezone(tz).date(), environment)
+                    )
+                    body.write(action % item.line)
+                    body.write(encode(_Source(item.page, instant, item.user_id, environment, source_file, load_id)))
+                    body.write(b"\n")
+                    body.docs += 1
+                    if _full(body):
+                        yield take(index)
+                for index in [index for index, body in bodies.items() if _full(body)]:
                     yield take(index)
-                unchecked += 1
-                if unchecked >= BUFFERED_CHECK_EVERY:
-                    unchecked = 0
-                    if sum(body.tell() for body, _ in bodies.values()) >= BUFFERED_BYTES:
-                        yield take(max(bodies, key=lambda name: bodies[name][0].tell()))
+                while sum(body.tell() for body in bodies.values()) >= BUFFERED_BYTES:
+                    yield take(max(bodies, key=lambda name: bodies[name].tell()))
             files_done += 1
-        for index, (_, docs) in bodies.items():
-            if docs:
+        for index, body in bodies.items():
+            if body.docs:
                 yield take(index)
 
     errors: list[dict[str, Any]] = []
@@ -393,6 +405,71 @@ def _write_documents(
             "Nothing was deleted; fix the cause and run the load again."
         )
     return written
+
+
+def _full(body: Body) -> bool:
+    return body.docs >= CHUNK_DOCS or body.tell() >= CHUNK_BYTES
+
+
+class Body(Protocol):
+    """A bulk body being built: `_fastpath.Body` (C) or `_Body`."""
+
+    docs: int  # operations written
+
+    def write(self, data: bytes) -> int: ...
+    def tell(self) -> int: ...
+    def take(self) -> bytes:
+        """The body as bytes; the body starts again empty."""
+        ...
+
+
+class _Body(io.BytesIO):
+    """The Python way's body: a BytesIO counting its operations."""
+
+    docs = 0
+
+    def take(self) -> bytes:
+        # CPython hands the buffer over, where a bytearray would be copied: a second 8 MB block and its page faults.
+        data = self.getvalue()
+        self.__init__()  # a new, empty buffer
+        self.docs = 0
+        return data
+
+
+def _day_spans(landing_day: dt.date, tz: dt.tzinfo) -> tuple[list[dt.date], tuple[tuple[int, int], ...]]:
+    """The local days near `landing_day` (`FAST_DAYS`) whose UTC offset is the same all day, and each one's UTC
+    seconds [start, end): an instant in a span is on that local day. Days with a clock change are left out."""
+    days, spans = [], []
+    for offset in FAST_DAYS:
+        day = landing_day + dt.timedelta(days=offset)
+        start = dt.datetime.combine(day, dt.time(), tz)
+        end = int(dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz).timestamp())
+        if start.utcoffset() == dt.datetime.fromtimestamp(end - 1, tz).utcoffset():
+            days.append(day)
+            spans.append((int(start.timestamp()), end))
+    return days, tuple(spans)
+
+
+def _fast_writer(
+    source_file: str,
+    load_id: str,
+    environments: list[str],
+    days: list[dt.date],
+    spans: tuple[tuple[int, int], ...],
+    target: Callable[[Partition], tuple[str, bytes, Body]],
+) -> FastPath:
+    """The C writer of one file's usual records, routing them through `target` as the Python way does."""
+
+    def route(slot: int, environment: int) -> tuple[Body, bytes, bytes]:
+        _, action, body = target((days[slot], environments[environment]))
+        before, after = (part.replace(b"%%", b"%") for part in action.split(b"%d"))
+        return body, before, after
+
+    tail = b"," + msgspec.json.encode({"source_file": source_file, "load_id": load_id})[1:] + b"\n"
+    return _fastpath.Writer(
+        tuple(name.encode() for name in environments), tuple(msgspec.json.encode(name) for name in environments),
+        spans, tail, route, CHUNK_DOCS, CHUNK_BYTES,
+    )  # fmt: skip
 
 
 def _id_prefix(source_file: str) -> str:

@@ -8,7 +8,7 @@ from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch import Elasticsearch
 from upath import UPath
 
-from hitmetrics import load
+from hitmetrics import ingest, load
 from hitmetrics.config import Settings
 from hitmetrics.ingest import parse_file
 from hitmetrics.load import (
@@ -30,6 +30,15 @@ def settings(tmp_path, index_prefix):
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     monkeypatch.setattr(load, "INITIAL_BACKOFF_S", 0.0)
+
+
+@pytest.fixture(autouse=True, params=["fastpath", "python"])
+def way(request, monkeypatch):
+    """Every test twice: with the C fast path (built by `pip install -e .`) and the Python way alone."""
+    assert load._fastpath is not None, "hitmetrics._fastpath is not built: run scripts/setup.sh (needs a C compiler)"
+    if request.param == "python":
+        monkeypatch.setattr(load, "_fastpath", None)
+    return request.param
 
 
 def hit(page="/home", at="2026-11-25T10:15:00Z", user_id=42, environment="production") -> dict:
@@ -114,7 +123,9 @@ def test_days_follow_the_reporting_time_zone(es, tmp_path, index_prefix):
 def test_records_of_many_days_do_not_pile_up_in_memory(es, settings, index_prefix, monkeypatch):
     """A backfill file spread over many days: half-full bodies are sent once they hold too much together."""
     monkeypatch.setattr(load, "BUFFERED_BYTES", 4_000)
-    monkeypatch.setattr(load, "BUFFERED_CHECK_EVERY", 10)
+    # The loader checks the bodies after each batch of records, which also ends with each block of lines read.
+    monkeypatch.setattr(ingest, "BATCH_RECORDS", 10)
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", 1_000)
     days = [DAY - dt.timedelta(days=n) for n in range(20)]
     write(settings, "backfill.jsonl", [hit(at=f"{day}T12:00:00Z", user_id=n) for n in range(10) for day in days])
     real_send = load._send_chunk
@@ -250,7 +261,7 @@ def test_an_interrupted_load_ends_exact_when_retried(es, settings, index_prefix,
     write(settings, "b.jsonl", [hit(user_id=n, page="/new", environment="staging") for n in range(300)])
     real_parse_batches = load.parse_batches
 
-    def dying_parse_batches(file, environments):
+    def dying_parse_batches(file, environments, fast=None):
         for n, item in enumerate(parse_file(file, environments)):
             if file.source_file.endswith("b.jsonl") and n == 150:
                 raise ESConnectionError("connection lost: Elasticsearch was killed")
