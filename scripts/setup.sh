@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what hitmetrics needs on a fresh Debian machine, idempotently: a JDK, Maven, PostgreSQL and Chromium from
-# Debian's packages when missing, the Python virtualenv (.venv) with the pinned requirements, and the local
-# Elasticsearch node's jars. Safe to run again; it does only what is missing.
+# Installs what hitmetrics needs on a fresh Debian machine, idempotently: a JDK, Maven, PostgreSQL, Chromium and a C
+# compiler from Debian's packages when missing, the Python virtualenv (.venv) with the pinned requirements and
+# hitmetrics itself (its C fast path compiled), and the local Elasticsearch node's jars. Safe to run again; it does
+# only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,10 @@ command -v mvn >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # Debian's chromium for the end-to-end browser tests (Playwright drives it; no browser is downloaded).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# A C compiler and Python's headers for the loader's fast path (include/hitmetrics/_fastpath.c).
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(sysconfig.get_path("include") + "/Python.h"))' \
+  || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
