@@ -569,8 +569,12 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&BodyType) < 0 || PyType_Ready(&WriterType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    /* The limits it shares with model.py and ingest.py, for a test to compare. */
     if (PyModule_AddObjectRef(m, "Body", (PyObject *)&BodyType) < 0 ||
-        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0) {
+        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_PAGE_CHARS", MAX_PAGE_CHARS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_USER_ID", (long)MAX_USER_ID) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_LINE_BYTES", MAX_LINE_BYTES) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -14,7 +14,7 @@ import msgspec
 import orjson
 import pytest
 
-from hitmetrics import ingest, load
+from hitmetrics import ingest, load, model
 from hitmetrics.ingest import LandingFile, ParsedHit, Reject, parse_batches, parse_file
 from hitmetrics.sample import generate_day
 
@@ -65,6 +65,12 @@ def both_ways(tmp_path, name: str, data: bytes, timezone: str = "UTC", **writer)
     lines = b"".join(body.take() for body in bodies.values()).splitlines(keepends=True)
     written = [action + source for action, source in zip(lines[::2], lines[1::2], strict=True)]
     return outcome(list(parse_file(file, ENVS))), outcome(leftovers, written), len(written)
+
+
+def test_the_c_code_has_the_python_way_s_limits():
+    assert load._fastpath.MAX_PAGE_CHARS == model.MAX_PAGE_LENGTH
+    assert load._fastpath.MAX_USER_ID == model.MAX_USER_ID
+    assert load._fastpath.MAX_LINE_BYTES == ingest.MAX_LINE_BYTES
 
 
 def json_line(**overrides) -> bytes:
