@@ -86,7 +86,7 @@ BULK_TIMEOUT_S = 120
 # threshold rises to the size of the largest block freed so far: after the first body, bodies come from the heap,
 # whose freed holes fragment and grow the process with the length of the load (peak RSS 122 MiB at 1M hits, 143 at
 # 10M; with the threshold fixed, 98 and 109: the bodies in flight). The price is the page faults of fresh memory
-# for every body (see `chunks` in `_write_documents` for why there is one block per body, not two).
+# for every body (one block per body: see `_Body.take`; the C body is one bytes object too).
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 # Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
@@ -251,7 +251,8 @@ def load_landing_day(
             "ignoring %d file(s) that are not *.jsonl/*.ndjson/*.csv[.gz]: %s", len(ignored), ", ".join(ignored)
         )
     report = LoadReport(landing_day=landing_day, load_id=load_id, files=len(files))
-    log.info("load %s of landing day %s: %d file(s) under %s", load_id, landing_day, len(files), root)
+    way = "C fast path" if _fastpath else "Python way only: hitmetrics._fastpath is not built"
+    log.info("load %s of landing day %s: %d file(s) under %s (%s)", load_id, landing_day, len(files), root, way)
 
     folder_prefix = f"{landing_day.isoformat()}/"
     rejects = _RejectsFile(settings.rejects_dir / landing_day.isoformat() / f"{load_id}.jsonl")

@@ -142,6 +142,14 @@ def test_records_of_many_days_do_not_pile_up_in_memory(es, settings, index_prefi
     assert max(sent) < 4_000
 
 
+def test_the_log_says_which_way_the_records_go(es, settings, way, caplog):
+    write(settings, "a.jsonl", [hit()])
+    with caplog.at_level("INFO", logger="hitmetrics.load"):
+        load_landing_day(es, settings, DAY)
+    expected = "(C fast path)" if way == "fastpath" else "(Python way only: hitmetrics._fastpath is not built)"
+    assert expected in caplog.text
+
+
 def test_reruns_leave_exactly_the_same_documents(es, settings, index_prefix):
     write(settings, "a.jsonl", [hit(user_id=n) for n in range(300)])
     write(settings, "b/c.ndjson.gz", [hit(environment="staging", user_id=n) for n in range(200)])
