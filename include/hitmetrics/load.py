@@ -311,6 +311,7 @@ def _write_documents(
         tz, prefix = settings.tz, settings.index_prefix
         utc = settings.timezone == "UTC"
         environments = frozenset(settings.environments)
+        environment_names = sorted(environments)  # the C code's environment numbers
         encode = msgspec.json.Encoder().encode
         new_body = _fastpath.Body if _fastpath else _Body
         days, spans = _day_spans(report.landing_day, tz)
@@ -359,7 +360,7 @@ def _write_documents(
         for file in files:
             source_file = file.source_file
             target = router(_id_prefix(source_file))
-            fast = _fast_writer(source_file, load_id, sorted(environments), days, spans, target) if _fastpath else None
+            fast = _fast_writer(source_file, load_id, environment_names, days, spans, target) if _fastpath else None
             for batch in parse_batches(file, environments, fast):
                 for item in batch:
                     if type(item) is Reject:
