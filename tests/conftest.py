@@ -68,6 +68,14 @@ def index_prefix(es) -> Iterator[str]:
     es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}*")
 
 
+@pytest.fixture
+def fastpath_built() -> None:
+    """The loader's C fast path must be built (scripts/setup.sh does it); its tests fail, never skip, without it."""
+    from hitmetrics import load
+
+    assert load._fastpath is not None, "hitmetrics._fastpath is not built: run scripts/setup.sh (needs a C compiler)"
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """SQLAlchemy-style URL of a fresh PostgreSQL database: `HITS_TEST_POSTGRES_URL`, or a server of our own."""

@@ -26,9 +26,7 @@ LOAD_ID = "20261125T000000Z-abcd"
 CSV_HEADER = b"page,datetime,user_id,environment\n"
 
 
-@pytest.fixture(autouse=True)
-def built():
-    assert load._fastpath is not None, "hitmetrics._fastpath is not built: run scripts/setup.sh (needs a C compiler)"
+pytestmark = pytest.mark.usefixtures("fastpath_built")
 
 
 def both_ways(tmp_path, name: str, data: bytes, timezone: str = "UTC"):
