@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import gzip
+import errno
 import itertools
+import os
+import re
+import stat
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, NamedTuple, Protocol
+from typing import IO, Annotated, Any, NamedTuple, Protocol
 
 import msgspec
-import orjson
 
 from hitmetrics.model import (
     FIELDS,
@@ -32,6 +34,7 @@ from hitmetrics.model import (
     HitRecord,
     InvalidHit,
     plain_utc,
+    text_user_id,
     validate_hit,
     validate_text_hit,
 )
@@ -40,6 +43,9 @@ FORMATS = (".jsonl", ".ndjson", ".csv")
 # A valid hit is a few KB at most; a longer line is rejected without ever holding more than this in memory.
 MAX_LINE_BYTES = 1 << 20
 MAX_RAW_BYTES = 4096
+# JSON values nested deeper than this make a line a reject: a hit is flat, and a limit of its own keeps the verdict
+# the same however deep the caller's stack is (the decoder's recursion limit is the interpreter's).
+MAX_JSON_DEPTH = 64
 BLOCK_BYTES = 1 << 16
 BATCH_RECORDS = 1024
 _BOM = b"\xef\xbb\xbf"
@@ -76,6 +82,13 @@ class MissingLandingDay(FileNotFoundError):
     """The landing folder of a day does not exist."""
 
 
+class UnreadableLandingEntries(ValueError):
+    """Entries named like hit files that are not readable files (a named pipe, a dangling link, a link loop).
+
+    The day cannot be loaded exactly without them, and a retry would meet them again: the message names each one.
+    """
+
+
 class ParsedHit(msgspec.Struct, frozen=True):
     """A valid record and where it came from. Flat, and a msgspec struct: the loader reads millions of them."""
 
@@ -102,6 +115,23 @@ class _JsonHit(msgspec.Struct):
 
 
 _decode_json_hit = msgspec.json.Decoder(_JsonHit).decode
+
+
+class _AnyHit(msgspec.Struct):
+    """A JSON record decoded for the full way: the four fields as they are, for `validate_hit` to judge. Other keys
+    are skipped by the same decoder as in the fast path, so both read every line alike (the last of repeated keys
+    counts)."""
+
+    page: Any = msgspec.UNSET
+    datetime: Any = msgspec.UNSET
+    user_id: Any = msgspec.UNSET
+    environment: Any = msgspec.UNSET
+
+
+_decode_any_hit = msgspec.json.Decoder(_AnyHit).decode
+# A JSON string, to leave out of a depth count; brackets outside strings open and close values.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
 
 
 class Reject(NamedTuple):
@@ -139,26 +169,52 @@ def landing_root(location: str) -> LandingPath:
 def find_day_files(landing: LandingPath, day: dt.date) -> tuple[list[LandingFile], list[str]]:
     """The day's loadable files at any depth, sorted, and the names of the other files found there (ignored).
 
-    Raises `MissingLandingDay` when `<landing>/<YYYY-MM-DD>/` is not a folder.
+    Raises `MissingLandingDay` when `<landing>/<YYYY-MM-DD>/` is not a folder, and `UnreadableLandingEntries`
+    when an entry named like a hit file is not a readable file: it is never opened (a named pipe would hang the
+    load), and loading the day without it would delete what it loaded before. Links to folders are not followed;
+    they are listed with the ignored files.
     """
     folder = landing / day.isoformat()
     if not folder.is_dir():
         raise MissingLandingDay(f"landing folder {folder} does not exist for {day.isoformat()}")
-    files, ignored = [], []
+    files, ignored, unreadable = [], [], []
     for path, relative in _walk(folder):
         source_file = f"{day.isoformat()}/{relative}"
-        if relative.removesuffix(".gz").endswith(FORMATS):
+        if not relative.removesuffix(".gz").endswith(FORMATS):
+            ignored.append(source_file)
+        elif path.is_file():
             files.append(LandingFile(path, source_file))
         else:
-            ignored.append(source_file)
+            unreadable.append(f"{source_file} ({_not_a_file(path)})")
+    if unreadable:
+        raise UnreadableLandingEntries(
+            f"landing folder {folder} has {len(unreadable)} entr{'y' if len(unreadable) == 1 else 'ies'} named like "
+            f"hit files that cannot be read as files: {', '.join(sorted(unreadable))}; "
+            "replace or remove them, then run the day again"
+        )
     return sorted(files, key=lambda f: f.source_file), sorted(ignored)
 
 
+def _not_a_file(path: LandingPath) -> str:
+    """Why an entry is not a readable file, as far as its kind of path can tell."""
+    if not isinstance(path, Path):
+        return "not a file"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a symbolic link to nothing"
+    except OSError as error:
+        return "a symbolic link loop" if error.errno == errno.ELOOP else error.strerror or str(error)
+    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a link to a folder"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "a device or other special file")
+
+
 def _walk(folder: LandingPath) -> Iterator[tuple[LandingPath, str]]:
-    """(file, path relative to `folder` with `/` separators) for every file below `folder`."""
+    """(entry, path relative to `folder` with `/` separators) for every entry below `folder` but folders."""
     if hasattr(folder, "rglob"):
         for path in folder.rglob("*"):
-            if not path.is_dir():
+            # rglob does not descend into links to folders: such a link is listed like any entry that is no file.
+            if not path.is_dir() or path.is_symlink():
                 yield path, path.relative_to(folder).as_posix()
         return
     for child in folder.iterdir():
@@ -171,7 +227,8 @@ def _walk(folder: LandingPath) -> Iterator[tuple[LandingPath, str]]:
 def parse_file(file: LandingFile, environments: Collection[str]) -> Iterator[ParsedHit | Reject]:
     """Every record of one file, in order, as a `ParsedHit` or a `Reject`. Blank lines are not records.
 
-    A file that stops being readable part way (truncated gzip) yields one last reject for the rest.
+    A file that stops being readable part way (a damaged gzip file) keeps every whole line before the damage and
+    yields one last reject: the line the damage cut short, or the rest of the file.
     """
     for batch in parse_batches(file, environments):
         yield from batch
@@ -186,7 +243,7 @@ def parse_batches(
     after each block of lines and whenever `fast` is full, so the caller gets a say that often.
     """
     with file.path.open("rb") as raw_stream:
-        stream = gzip.GzipFile(fileobj=raw_stream) if file.is_gzip else raw_stream
+        stream = _Gunzip(raw_stream) if file.is_gzip else raw_stream
         lines = _Lines(stream)
         numbered = lines.numbered() if fast is None else _Leftovers(lines, fast, file.is_csv)
         if file.is_csv:
@@ -194,8 +251,77 @@ def parse_batches(
         else:
             yield from _parse_json_lines(file.source_file, numbered, environments)
         if lines.error is not None:
-            reason = f"the rest of the file is unreadable: {lines.error}"
-            yield [Reject(file.source_file, lines.number + 1, reason, "")]
+            # A line without its end of line is never parsed here: its tail may be what the damage took.
+            what = "line cut short, the file is unreadable from here on" if lines.cut else "the rest is unreadable"
+            yield [Reject(file.source_file, lines.number + 1, f"{what}: {lines.error}", _raw_text(lines.cut))]
+
+
+class _Gunzip:
+    """The decompressed bytes of a gzip stream, as far as they can be had: `read` hands out every byte that
+    decompresses before it raises for the damage (a file cut short, corrupt data, bytes after the last member
+    that are not gzip). Members one after another are read as one stream (as `gzip` does), zero padding after
+    them is skipped. Output is bounded per call: a small file that inflates hugely is read a block at a time.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.inflate: Any = zlib.decompressobj(wbits=31)  # None between members
+        self.input = b""  # read from `raw`, not yet decompressed
+        self.salvaged = b""  # decompressed before a damage found in the same input, still to hand out
+        self.damage: Exception | None = None
+
+    def read(self, size: int) -> bytes:
+        while True:
+            if self.salvaged:
+                out, self.salvaged = self.salvaged[:size], self.salvaged[size:]
+                return out
+            if self.damage is not None:
+                raise self.damage
+            if not self.input:
+                self.input = self.raw.read(BLOCK_BYTES)
+                if not self.input:
+                    if self.inflate is None:
+                        return b""
+                    self.damage = EOFError("the gzip data ends before its end-of-stream marker")
+                    continue
+            if self.inflate is None and not self._next_member():
+                continue
+            out = self._decompress(size)
+            if out:
+                return out
+
+    def _next_member(self) -> bool:
+        """At the end of a member: start the next one if `input` begins one. False when there is none (yet)."""
+        self.input = self.input.lstrip(b"\0")
+        while len(self.input) == 1 and (more := self.raw.read(BLOCK_BYTES)):
+            self.input += more
+        if not self.input:
+            return False  # zero padding so far: read on
+        if not self.input.startswith(b"\x1f\x8b"):
+            self.damage, self.input = zlib.error("bytes after the end of the gzip data are not gzip"), b""
+            return False
+        self.inflate = zlib.decompressobj(wbits=31)
+        return True
+
+    def _decompress(self, size: int) -> bytes:
+        saved = self.inflate.copy()
+        try:
+            out = self.inflate.decompress(self.input, size)
+        except zlib.error as error:
+            # The bytes before the damage in this input decompress one at a time (a byte inflates to 1 KB at most).
+            salvaged = []
+            for index in range(len(self.input)):
+                try:
+                    salvaged.append(saved.decompress(self.input[index : index + 1]))
+                except zlib.error:
+                    break
+            self.salvaged, self.damage, self.input = b"".join(salvaged), error, b""
+            return b""
+        if self.inflate.eof:
+            self.input, self.inflate = self.inflate.unused_data, None
+        else:
+            self.input = self.inflate.unconsumed_tail
+        return out
 
 
 class _Lines:
@@ -204,13 +330,14 @@ class _Lines:
     The stream is read in blocks split in C, and `numbered()` chains them in C: a Python step per line would
     cost more than parsing it. A line of `MAX_LINE_BYTES` or more is cut to that length (and is too long
     exactly when its length is that); the rest of it is never held in memory. A stream that stops being
-    readable ends the lines and leaves the error in `error`.
+    readable ends the lines, leaves the error in `error` and the start of a line it cut short in `cut`.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes] | _Gunzip) -> None:
         self.stream = stream
         self.number = 0  # of the last line handed out
         self.error: Exception | None = None
+        self.cut = b""
 
     def numbered(self) -> Iterator[tuple[int, bytes]]:
         return itertools.chain.from_iterable(enumerate(block, start) for start, block in self._blocks())
@@ -223,8 +350,8 @@ class _Lines:
         while True:
             try:
                 block = self.stream.read(BLOCK_BYTES)
-            except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-                self.error = error
+            except (EOFError, zlib.error) as error:
+                self.error, self.cut = error, pending
                 return
             if not block:
                 break
@@ -305,17 +432,19 @@ def _too_long() -> str:
 def _parse_json_lines(
     source_file: str, numbered: Iterable[tuple[int, bytes | None]], environments: Collection[str]
 ) -> Iterator[list[ParsedHit | Reject]]:
-    decode, limit = _decode_json_hit, MAX_LINE_BYTES
+    decode, limit, depth = _decode_json_hit, MAX_LINE_BYTES, MAX_JSON_DEPTH
     batch: list[ParsedHit | Reject] = []
     for number, line in numbered:
         if line is None:  # _BATCH_END
             yield batch
             batch = []
             continue
-        if len(line) < limit:
+        # The decoder skips other keys unchecked: only an ASCII line is surely valid UTF-8. With no more brackets
+        # than `MAX_JSON_DEPTH`, a line cannot be nested deeper than that.
+        if len(line) < limit and line.isascii() and line.count(b"{") + line.count(b"[") <= depth:
             try:
                 hit = decode(line)
-            except (msgspec.MsgspecError, UnicodeDecodeError):
+            except msgspec.MsgspecError:
                 pass
             else:
                 instant = plain_utc(hit.datetime)
@@ -342,16 +471,37 @@ def _json_record(
     """One JSON line the full way: a `ParsedHit`, a `Reject` saying why, or None for a blank line."""
     if len(line) >= MAX_LINE_BYTES:
         return Reject(source_file, number, _too_long(), _raw_text(line))
+    if not line.strip(b" \t"):
+        return None
     try:
-        raw = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
-        return Reject(source_file, number, f"invalid JSON: {error}", _raw_text(line)) if line.strip() else None
-    if type(raw) is not dict:
-        return Reject(source_file, number, "not a JSON object", _raw_text(line))
+        line.decode()
+    except UnicodeDecodeError:
+        return Reject(source_file, number, "not valid UTF-8", _raw_text(line))
+    if _json_depth(line) > MAX_JSON_DEPTH:
+        return Reject(source_file, number, f"JSON nested deeper than {MAX_JSON_DEPTH} levels", _raw_text(line))
+    try:
+        hit = _decode_any_hit(line)
+    except msgspec.ValidationError as error:
+        reason = "not a JSON object" if str(error).startswith("Expected `object`") else f"invalid JSON value: {error}"
+        return Reject(source_file, number, reason, _raw_text(line))
+    except msgspec.DecodeError as error:
+        return Reject(source_file, number, f"invalid JSON: {error}", _raw_text(line))
+    raw = {name: value for name in FIELDS if (value := getattr(hit, name)) is not msgspec.UNSET}
     try:
         return ParsedHit(*validate_hit(raw, environments), source_file, number)
     except InvalidHit as error:
         return Reject(source_file, number, str(error), _raw_text(line))
+
+
+def _json_depth(line: bytes) -> int:
+    """How deep a JSON text nests its arrays and objects (a bound for invalid JSON); cheap unless it has many."""
+    if line.count(b"{") + line.count(b"[") <= MAX_JSON_DEPTH:
+        return 1
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub(b"", line)):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _parse_csv(
@@ -385,9 +535,8 @@ def _parse_csv(
                 if (
                     0 < len(page) <= MAX_PAGE_LENGTH
                     and environment in environments
-                    and user_id.isascii()
-                    and user_id.isdigit()
-                    and (number_id := int(user_id)) <= MAX_USER_ID
+                    and (number_id := text_user_id(user_id)) is not None
+                    and number_id <= MAX_USER_ID
                     and (instant := plain_utc(row[idatetime])) is not None
                 ):
                     batch.append(ParsedHit(page, instant, number_id, environment, source_file, number))

@@ -13,7 +13,19 @@ FIELDS = ("page", "datetime", "user_id", "environment")
 MAX_PAGE_LENGTH = 2048
 MAX_USER_ID = 2**31 - 1  # the Elasticsearch `integer` mapping
 _MISSING = object()
-_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+# The years a hit may have: four digits keep index names in their pattern, and the margin of a year at each end
+# lets any time zone shift a day without leaving them.
+MIN_YEAR, MAX_YEAR = 1000, 9998
+# The one datetime grammar (README, "Input"): RFC 3339's date and time, where seconds and the offset may be left
+# out. Nothing else is a datetime, whichever way a record is read; `plain_utc` and the C fast path take a subset.
+_DATETIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?"
+    r"(?:[Zz]|([+-])([0-9]{2}):?([0-9]{2}))?"
+)
+_DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# The usual form, as shippers write it: `plain_utc` reads it without `parse_datetime`'s checks.
+_PLAIN_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z")
+_INTEGER_TEXT = re.compile(r"(-?)([0-9]+)")
 
 
 class Hit(Document):
@@ -66,7 +78,7 @@ def validate_hit(raw: Mapping[str, Any], environments: Collection[str]) -> HitRe
     if instant is _MISSING:
         problems.append("datetime is missing")
     elif not isinstance(instant, str):
-        problems.append(f"datetime {_shorten(repr(instant))} is not an ISO-8601 string")
+        problems.append(f"datetime {_shorten(repr(instant))} is not a date and time string")
     else:
         try:
             instant = parse_datetime(instant)
@@ -95,43 +107,75 @@ def validate_hit(raw: Mapping[str, Any], environments: Collection[str]) -> HitRe
 def validate_text_hit(raw: Mapping[str, str], environments: Collection[str]) -> HitRecord:
     """`validate_hit` for values that are all strings (CSV cells, command-line arguments).
 
-    `user_id` must then be written as a whole number ("42"); "4.2", "true" or "" are not integers.
+    `user_id` must then be written in ASCII digits ("42", "0042", "-3" is outside the range); "+42", " 42", "4.2",
+    "true" or "" are not integers.
     """
     user_id = raw.get("user_id")
-    # int() alone would also take "1_000" and non-ASCII digits, and not every space that strip() removes ("\x1d").
-    if isinstance(user_id, str) and _INTEGER_TEXT.fullmatch(digits := user_id.strip()):
-        raw = {**raw, "user_id": int(digits)}
+    if isinstance(user_id, str) and (number := text_user_id(user_id)) is not None:
+        raw = {**raw, "user_id": number}
     return validate_hit(raw, environments)
+
+
+def text_user_id(text: str) -> int | None:
+    """The integer a text `user_id` is written as (ASCII digits, leading zeros allowed, a minus sign), else None.
+
+    A value past 0..`MAX_USER_ID` by more than ten digits comes back as -1 or `MAX_USER_ID + 1`, for `validate_hit`
+    to refuse: int() of a very long text would cost time or raise.
+    """
+    match = _INTEGER_TEXT.fullmatch(text)
+    if match is None:
+        return None
+    sign, significant = match[1], match[2].lstrip("0") or "0"
+    if len(significant) > 10:
+        return -1 if sign else MAX_USER_ID + 1
+    return -int(significant) if sign else int(significant)
 
 
 def plain_utc(text: str) -> dt.datetime | None:
     """`text` as an aware UTC datetime when written the usual way (2026-11-25T10:15:00.123Z), else None.
 
     The loader's fast path: None decides nothing, `parse_datetime` then accepts the text or says what is wrong.
+    What it accepts, it reads as `parse_datetime` does.
     """
-    if len(text) >= 20 and text[10] == "T" and text[-1] == "Z":
+    if _PLAIN_UTC.fullmatch(text):
         try:
             parsed = dt.datetime.fromisoformat(text)  # with "Z": aware and in UTC already
         except ValueError:
             return None
-        if 1000 <= parsed.year <= 9998:
+        if MIN_YEAR <= parsed.year <= MAX_YEAR:
             return parsed
     return None
 
 
 def parse_datetime(text: str) -> dt.datetime:
-    """An ISO-8601 date and time as an aware UTC datetime; without an offset it means UTC."""
+    """A datetime of the one grammar (`_DATETIME`) as an aware UTC datetime; without an offset it means UTC.
+
+    Fractions of a second past the sixth digit are dropped (a datetime holds microseconds).
+    """
+    match = _DATETIME.fullmatch(text)
+    if match is None:
+        if _DATE_ONLY.fullmatch(text):
+            raise InvalidHit(f"datetime {_shorten(text)!r} has no time of day")
+        raise InvalidHit(
+            f"datetime {_shorten(text)!r} is not a date and time of the form YYYY-MM-DDTHH:MM[:SS[.fraction]]"
+            "[Z or ±HH:MM]"
+        )
+    year, month, day, hour, minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
+    if not MIN_YEAR <= int(year) <= MAX_YEAR:
+        raise InvalidHit(f"datetime {_shorten(text)!r} is outside the years {MIN_YEAR} to {MAX_YEAR}")
     try:
-        parsed = dt.datetime.fromisoformat(text)
+        date = dt.date(int(year), int(month), int(day))
     except ValueError:
-        raise InvalidHit(f"datetime {_shorten(text)!r} is not an ISO-8601 date and time") from None
-    # fromisoformat also takes a bare date ("2026-11-25"); a hit needs its time of day.
-    if "T" not in text and " " not in text and "t" not in text:
-        raise InvalidHit(f"datetime {_shorten(text)!r} has no time of day")
-    # Four-digit years keep index names in their pattern; the margin lets any time zone shift them a day.
-    if not 1000 <= parsed.year <= 9998:
-        raise InvalidHit(f"datetime {_shorten(text)!r} is outside the years 1000 to 9998")
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        raise InvalidHit(f"datetime {_shorten(text)!r} has an impossible date") from None
+    # 24:00 and leap seconds (23:59:60) are refused: a datetime cannot hold them.
+    if int(hour) > 23 or int(minute) > 59 or int(second or 0) > 59:
+        raise InvalidHit(f"datetime {_shorten(text)!r} has an impossible time of day")
+    offset = dt.timedelta(hours=int(offset_hours or 0), minutes=int(offset_minutes or 0))
+    if int(offset_minutes or 0) > 59 or offset >= dt.timedelta(hours=24):
+        raise InvalidHit(f"datetime {_shorten(text)!r} has an impossible UTC offset")
+    zone = dt.timezone(-offset if sign == "-" else offset)
+    time = dt.time(int(hour), int(minute), int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), zone)
+    return dt.datetime.combine(date, time).astimezone(dt.UTC)
 
 
 def _shorten(text: str, limit: int = 60) -> str:

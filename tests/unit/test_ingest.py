@@ -61,7 +61,7 @@ def test_json_lines_good_bad_and_blank(tmp_path, name):
         (4, "user_id -1 is outside 0..2147483647"),
         (5, "invalid JSON"),
         (6, "not a JSON object"),
-        (7, "invalid JSON"),  # invalid UTF-8 is a reject, not a crash
+        (7, "not valid UTF-8"),  # a reject, not a crash
     ]
     assert rejects[1].raw == '{"page": "/x"'
     assert rejects[3].raw.startswith('{"page": "/caf\\xe9"')
@@ -141,15 +141,67 @@ def test_overlong_lines_are_rejected_without_reading_them_whole(tmp_path, monkey
     assert [(r.line, r.reason) for r in rejects] == [(2, "line is longer than 200 bytes")]
 
 
-def test_a_truncated_gzip_file_keeps_its_good_lines_and_rejects_the_rest(tmp_path):
+def whole_lines_before(data: bytes, cut: int) -> int:
+    """How many whole lines the first `cut` bytes of gzip `data` decompress to (zlib, byte by byte)."""
+    inflate, out = __import__("zlib").decompressobj(wbits=31), b""
+    for index in range(cut):
+        out += inflate.decompress(data[index : index + 1])
+    return out.count(b"\n")
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.97])
+def test_a_truncated_gzip_file_keeps_every_whole_line_and_rejects_the_cut_one(tmp_path, fraction):
     data = gzip.compress(b"\n".join(line(user_id=i) for i in range(2000)) + b"\n")
+    cut = int(len(data) * fraction)
     path = tmp_path / "t.jsonl.gz"
-    path.write_bytes(data[: len(data) // 2])
+    path.write_bytes(data[:cut])
     good, rejects = split(list(parse_file(LandingFile(path, "t.jsonl.gz"), ENVS)))
-    assert len(good) > 0
-    assert len(rejects) == 1
-    assert rejects[0].line == good[-1].line + 1
-    assert "the rest of the file is unreadable" in rejects[0].reason
+    assert len(good) == whole_lines_before(data, cut)
+    assert [g.record.user_id for g in good] == list(range(len(good)))
+    (reject,) = rejects
+    assert reject.line == len(good) + 1
+    assert reject.reason.startswith("line cut short, the file is unreadable from here on: the gzip data ends")
+    assert line(user_id=len(good)).startswith(reject.raw.encode())  # the start of the line it cut
+
+
+def test_gzip_members_one_after_another_and_zero_padding_are_one_stream(tmp_path):
+    path = tmp_path / "m.jsonl.gz"
+    path.write_bytes(gzip.compress(line(user_id=1) + b"\n") + gzip.compress(line(user_id=2) + b"\n") + b"\0" * 9)
+    assert [item.record.user_id for item in parse_file(LandingFile(path, "m.jsonl.gz"), ENVS)] == [1, 2]
+
+
+def test_bytes_after_the_gzip_data_keep_every_line_and_are_one_reject(tmp_path):
+    path = tmp_path / "g.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(line(user_id=i) for i in range(30)) + b"\n") + b"garbage")
+    good, rejects = split(list(parse_file(LandingFile(path, "g.jsonl.gz"), ENVS)))
+    assert len(good) == 30
+    assert [(r.line, r.reason) for r in rejects] == [
+        (31, "the rest is unreadable: bytes after the end of the gzip data are not gzip")
+    ]
+
+
+def test_corrupt_gzip_data_keeps_the_lines_before_it(tmp_path):
+    data = bytearray(gzip.compress(b"\n".join(line(user_id=i) for i in range(3000)) + b"\n", mtime=0))
+    middle = len(data) // 2
+    data[middle : middle + 40] = b"\xff" * 40
+    path = tmp_path / "c.jsonl.gz"
+    path.write_bytes(bytes(data))
+    good, rejects = split(list(parse_file(LandingFile(path, "c.jsonl.gz"), ENVS)))
+    intact = whole_lines_before(bytes(data), middle)
+    assert intact > 0 and [g.record.user_id for g in good[:intact]] == list(range(intact))
+    # What zlib decompressed from the damaged bytes before it noticed is kept as it came (README, "Input").
+    (reject,) = rejects
+    assert reject.line == len(good) + 1 and "unreadable" in reject.reason
+
+
+def test_a_gzip_bomb_is_read_a_block_at_a_time(tmp_path):
+    path = tmp_path / "b.jsonl.gz"
+    path.write_bytes(gzip.compress(b" " * (64 << 20)))  # 64 MiB of blanks in 64 KB
+    stream = ingest._Gunzip(path.open("rb"))
+    sizes = set()
+    while block := stream.read(ingest.BLOCK_BYTES):
+        sizes.add(len(block))
+    assert max(sizes) <= ingest.BLOCK_BYTES
 
 
 def test_a_file_that_is_not_gzip_despite_its_name(tmp_path):
@@ -204,6 +256,9 @@ class IterdirOnly:
 
     def is_dir(self):
         return self.path.is_dir()
+
+    def is_file(self):
+        return self.path.is_file()
 
     def iterdir(self):
         return (IterdirOnly(child) for child in self.path.iterdir())
