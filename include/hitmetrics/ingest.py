@@ -259,8 +259,10 @@ def parse_batches(
 class _Gunzip:
     """The decompressed bytes of a gzip stream, as far as they can be had: `read` hands out every byte that
     decompresses before it raises for the damage (a file cut short, corrupt data, bytes after the last member
-    that are not gzip). Members one after another are read as one stream (as `gzip` does), zero padding after
-    them is skipped. Output is bounded per call: a small file that inflates hugely is read a block at a time.
+    that are not gzip). A cut or trailing bytes leave what came before exact; corrupt data may have been
+    decompressed wrongly for a while before zlib noticed, which the error says. Members one after another are
+    read as one stream (as `gzip` does), zero padding after them is skipped. Output is bounded per call: a small
+    file that inflates hugely is read a block at a time.
     """
 
     def __init__(self, raw: IO[bytes]) -> None:
@@ -315,7 +317,9 @@ class _Gunzip:
                     salvaged.append(saved.decompress(self.input[index : index + 1]))
                 except zlib.error:
                     break
-            self.salvaged, self.damage, self.input = b"".join(salvaged), error, b""
+            # Deflate notices damage late (at the member's checksum, at worst): what came before may be damaged too.
+            damage = zlib.error(f"the gzip data is corrupt ({error}); the lines before may be damaged too")
+            self.salvaged, self.damage, self.input = b"".join(salvaged), damage, b""
             return b""
         if self.inflate.eof:
             self.input, self.inflate = self.inflate.unused_data, None

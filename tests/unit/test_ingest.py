@@ -190,8 +190,7 @@ def test_corrupt_gzip_data_keeps_the_lines_before_it(tmp_path):
     intact = whole_lines_before(bytes(data), middle)
     assert intact > 0 and [g.record.user_id for g in good[:intact]] == list(range(intact))
     # What zlib decompressed from the damaged bytes before it noticed is kept as it came (README, "Input").
-    (reject,) = rejects
-    assert reject.line == len(good) + 1 and "unreadable" in reject.reason
+    assert "the gzip data is corrupt" in rejects[-1].reason and "may be damaged too" in rejects[-1].reason
 
 
 def test_a_gzip_bomb_is_read_a_block_at_a_time(tmp_path):
