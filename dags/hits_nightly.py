@@ -94,6 +94,8 @@ def hits_nightly():
             # The good records are loaded; a retry would load the same folder and fail the same way.
             pipeline.record_failed_load(rollups_url(settings), error.report)
             raise AirflowFailException(str(error)) from error
+        except pipeline.UnreadableLandingEntries as error:  # a named pipe or a dangling link stays what it is
+            raise AirflowFailException(str(error)) from error
         return pipeline.report_dict(report)
 
     @task

@@ -23,9 +23,17 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 from tools import esnode, pgserver  # noqa: E402
 from tools.testing import service_missing  # noqa: E402
+
+# Property-based tests: a bounded, repeatable run by default (CI never turns red by chance); `make fuzz` runs the
+# `fuzz` profile, random and a hundred times longer.
+_SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, suppress_health_check=_SLOW_DATA)
+settings.register_profile("fuzz", max_examples=6000, deadline=None, suppress_health_check=_SLOW_DATA)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,10 @@ ES_CONN_ID = "hits_elasticsearch"
 ROLLUPS_CONN_ID = "hits_rollups"
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
 
-# Environment names become part of index names, so they are held to what an index name may contain.
-ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
-INDEX_PREFIX = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Environment names become part of index names, so they are held to what an index name may contain. Always
+# applied with fullmatch: `$` alone would let a trailing newline through.
+ENVIRONMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+INDEX_PREFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -41,14 +42,17 @@ class Settings:
 
     def __post_init__(self) -> None:
         for env in self.environments:
-            if not ENVIRONMENT_NAME.match(env):
+            if not isinstance(env, str) or not ENVIRONMENT_NAME.fullmatch(env):
                 raise ConfigError(
                     f"HITS_ENVIRONMENTS: {env!r} is not a valid environment name "
                     "(lowercase letters, digits and _, starting with a letter or digit, at most 64)"
                 )
         if not self.environments:
             raise ConfigError("HITS_ENVIRONMENTS: at least one environment is needed")
-        if not INDEX_PREFIX.match(self.index_prefix):
+        repeated = sorted({env for env in self.environments if self.environments.count(env) > 1})
+        if repeated:
+            raise ConfigError(f"HITS_ENVIRONMENTS: {', '.join(repeated)} named more than once")
+        if not INDEX_PREFIX.fullmatch(self.index_prefix):
             raise ConfigError(f"HITS_INDEX_PREFIX: {self.index_prefix!r} is not a valid index name prefix")
         try:
             ZoneInfo(self.timezone)
@@ -87,11 +91,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as error:
             raise ConfigError(f"{name}: {raw!r} is not a {kind.__name__}") from error
 
-    environments = tuple(e.strip() for e in env.get("HITS_ENVIRONMENTS", "").split(",") if e.strip())
+    # Unset or empty means the default; a value that names nothing (" , ,") is a mistake, never the default.
+    listed = env.get("HITS_ENVIRONMENTS", "")
+    environments = tuple(e.strip() for e in listed.split(",") if e.strip()) if listed else Settings.environments
+    if not environments:
+        raise ConfigError(f"HITS_ENVIRONMENTS: {listed!r} names no environment (leave it unset for the default)")
     return Settings(
         data_dir=data_dir,
         landing=env.get("HITS_LANDING") or str(data_dir / "landing"),
-        environments=environments or Settings.environments,
+        environments=environments,
         timezone=env.get("HITS_TIMEZONE") or "UTC",
         index_prefix=env.get("HITS_INDEX_PREFIX") or "hits",
         retention_days=number("HITS_RETENTION_DAYS", int, None),  # type: ignore[arg-type]

@@ -1,4 +1,9 @@
-"""Daily environment indexes: names, the composable template derived from `Hit`, aliases, creation, retention."""
+"""Daily environment indexes: names, the composable template derived from `Hit`, aliases, creation, retention.
+
+hitmetrics' own indexes are exactly `<prefix>-YYYY.MM.DD-<env>` for a configured environment (`is_own_index`):
+nothing hitmetrics deletes, writes or tunes is ever anything else, even an index that shares the prefix, the
+pattern or the alias (a user's `hits-2026.05.10-production-copy`, an environment no longer configured).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +43,12 @@ def parse_index_name(prefix: str, name: str) -> tuple[dt.date, str] | None:
         return None
 
 
+def is_own_index(settings: Settings, name: str) -> bool:
+    """Whether `name` is one of hitmetrics' daily indexes for `settings` (its prefix, a configured environment)."""
+    parsed = parse_index_name(settings.index_prefix, name)
+    return parsed is not None and parsed[1] in settings.environments
+
+
 def local_day(instant: dt.datetime, tz: ZoneInfo) -> dt.date:
     """The reporting day an aware instant belongs to in time zone `tz`."""
     return instant.astimezone(tz).date()
@@ -48,14 +59,19 @@ def template_name(prefix: str) -> str:
 
 
 def index_template(settings: Settings) -> dict[str, Any]:
-    """The composable index template body for `settings.index_prefix`, derived from the `Hit` document."""
+    """The composable index template body for `settings.index_prefix`, derived from the `Hit` document.
+
+    Its patterns name each configured environment, so that a name ending otherwise (`…-production-copy`) never
+    gets its mapping. It gives no alias: a pattern can only approximate our names (`*` also matches `-`), so the
+    aliases are given by `create_index`, which knows the exact name.
+    """
     prefix = settings.index_prefix
     body = Hit._index.to_dict()
     return {
-        "index_patterns": [f"{prefix}-*.*.*-*"],
+        "index_patterns": [f"{prefix}-*.*.*-{environment}" for environment in settings.environments],
         # Overlapping patterns need distinct priorities (`hits-*` also matches `hits-eu-*`): the longer prefix wins.
         "priority": 100 + len(prefix),
-        "template": {"settings": body["settings"], "mappings": body["mappings"], "aliases": {prefix: {}}},
+        "template": {"settings": body["settings"], "mappings": body["mappings"]},
         "_meta": {"managed_by": "hitmetrics", "description": "daily environment hit indexes"},
     }
 
@@ -93,9 +109,9 @@ def create_index(
     override the template's for a new index.
     """
     name = index_name(prefix, day, environment)
-    # The environment alias depends on the index name, which a template cannot express, so it is set here.
+    # The aliases come with the exact name here, never from the template's pattern (see `index_template`).
     response = es.options(ignore_status=400).indices.create(
-        index=name, aliases={f"{prefix}-{environment}": {}}, settings=settings
+        index=name, aliases={prefix: {}, f"{prefix}-{environment}": {}}, settings=settings
     )
     if response.meta.status == 200:
         return True
@@ -111,16 +127,39 @@ def hit_indexes(es: Elasticsearch, prefix: str) -> dict[str, tuple[dt.date, str]
     return {name: parsed for name in names if (parsed := parse_index_name(prefix, name))}
 
 
+def foreign_behind_alias(es: Elasticsearch, settings: Settings) -> list[dict[str, Any]]:
+    """Query clauses that keep a search of the `<prefix>` alias to hitmetrics' own indexes (`is_own_index`).
+
+    Usually none are needed. An index that got the alias otherwise (by hand, or from the pattern of an older
+    template) is left out, and named in a warning: it is never written or deleted from.
+    """
+    alias = settings.index_prefix
+    behind = es.options(ignore_status=404).indices.get_alias(name=alias)
+    foreign = sorted(name for name in (behind if behind.meta.status == 200 else {}) if not is_own_index(settings, name))
+    if not foreign:
+        return []
+    log.warning(
+        "left alone: %d index(es) behind alias %s that are not hitmetrics' daily indexes of HITS_ENVIRONMENTS: %s "
+        "(remove the alias from them to silence this)", len(foreign), alias, ", ".join(foreign)
+    )  # fmt: skip
+    return [{"terms": {"_index": foreign}}]
+
+
 def delete_expired_indexes(es: Elasticsearch, settings: Settings, today: dt.date) -> list[str]:
     """Delete the daily indexes whose day is more than `retention_days` before `today`; returns their names.
 
-    With `retention_days` unset everything is kept. Only names of the exact pattern `<prefix>-YYYY.MM.DD-<env>`
-    are considered, so other indexes that merely share the prefix are never touched.
+    With `retention_days` unset everything is kept. Only hitmetrics' own indexes (`is_own_index`) are considered:
+    other names that merely share the prefix, and the indexes of environments that are not configured (whose data
+    hitmetrics no longer knows about), are never touched.
     """
     if settings.retention_days is None:
         return []
     oldest_kept = today - dt.timedelta(days=settings.retention_days)
-    expired = sorted(name for name, (day, _) in hit_indexes(es, settings.index_prefix).items() if day < oldest_kept)
+    expired = sorted(
+        name
+        for name, (day, environment) in hit_indexes(es, settings.index_prefix).items()
+        if day < oldest_kept and environment in settings.environments
+    )
     for start in range(0, len(expired), _NAMES_PER_REQUEST):
         es.indices.delete(index=",".join(expired[start : start + _NAMES_PER_REQUEST]))
     if expired:

@@ -7,7 +7,7 @@ way accepts (tests/unit/test_ingest.py compares them on tricky records). The loa
 own, which takes usual records straight from the lines (see `parse_batches`).
 
 The landing root is a `pathlib.Path` or any pathlib-like object (`universal_pathlib`'s `UPath`, Airflow's
-`ObjectStoragePath`) offering `/`, `rglob` (or `iterdir`), `is_dir()` and `open("rb")`.
+`ObjectStoragePath`) offering `/`, `rglob` (or `iterdir`), `is_dir()`, `is_file()` and `open("rb")`.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class LandingPath(Protocol):
 
     def __truediv__(self, other: str) -> LandingPath: ...
     def is_dir(self) -> bool: ...
+    def is_file(self) -> bool: ...
     def iterdir(self) -> Iterator[LandingPath]: ...
     def open(self, mode: str) -> IO[bytes]: ...
 
@@ -540,7 +541,7 @@ def _parse_csv(
                     0 < len(page) <= MAX_PAGE_LENGTH
                     and environment in environments
                     and (number_id := text_user_id(user_id)) is not None
-                    and number_id <= MAX_USER_ID
+                    and 0 <= number_id <= MAX_USER_ID
                     and (instant := plain_utc(row[idatetime])) is not None
                 ):
                     batch.append(ParsedHit(page, instant, number_id, environment, source_file, number))

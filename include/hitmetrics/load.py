@@ -41,7 +41,7 @@ from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch
 from elasticsearch import ConnectionError as ESConnectionError
 
 from hitmetrics.config import Settings
-from hitmetrics.indexes import create_index, ensure_template, index_name, parse_index_name
+from hitmetrics.indexes import create_index, ensure_template, foreign_behind_alias, index_name, parse_index_name
 from hitmetrics.ingest import (
     FastPath,
     LandingFile,
@@ -267,12 +267,13 @@ def load_landing_day(
 
     alias = settings.index_prefix
     es.indices.refresh(index=alias, ignore_unavailable=True)
-    deleted = _sweep_stale(es, alias, folder_prefix, load_id)
+    foreign = foreign_behind_alias(es, settings)  # the sweep and the count keep out of what is not ours
+    deleted = _sweep_stale(es, alias, folder_prefix, load_id, foreign)
     es.indices.refresh(index=alias, ignore_unavailable=True)
     report.deleted = deleted.total()
     touched = {name: written.get(name, 0) for name in [*written, *deleted]}
     report.partitions = _by_partition(settings.index_prefix, touched)
-    _reconcile(es, settings, folder_prefix, load_id, report)
+    _reconcile(es, settings, folder_prefix, load_id, report, foreign)
 
     report.seconds = time.monotonic() - started
     log.info("%s", report.summary())
@@ -619,12 +620,15 @@ def _describe(error_item: dict[str, Any]) -> str:
     return f"{operation} {result.get('_index')}/{result.get('_id')}: {result.get('status')} {result.get('error')}"
 
 
-def _sweep_stale(es: Elasticsearch, alias: str, folder_prefix: str, load_id: str) -> Counter[str]:
-    """Delete every document from the landing folder written by another load; returns the deletions per index."""
+def _sweep_stale(
+    es: Elasticsearch, alias: str, folder_prefix: str, load_id: str, foreign: list[dict[str, Any]]
+) -> Counter[str]:
+    """Delete every document from the landing folder written by another load, in our own indexes only (`foreign`
+    says which indexes behind the alias are not); returns the deletions per index."""
     query = {
         "bool": {
             "filter": [{"prefix": {"source_file": folder_prefix}}],
-            "must_not": [{"term": {"load_id": load_id}}],
+            "must_not": [{"term": {"load_id": load_id}}, *foreign],
         }
     }
     pit = es.open_point_in_time(index=alias, keep_alive="2m", ignore_unavailable=True)["id"]
@@ -667,8 +671,16 @@ def _sweep_stale(es: Elasticsearch, alias: str, folder_prefix: str, load_id: str
     return deleted
 
 
-def _reconcile(es: Elasticsearch, settings: Settings, folder_prefix: str, load_id: str, report: LoadReport) -> None:
-    """Check Elasticsearch's counts: per partition exactly what this load wrote, and nothing else from the folder."""
+def _reconcile(
+    es: Elasticsearch,
+    settings: Settings,
+    folder_prefix: str,
+    load_id: str,
+    report: LoadReport,
+    foreign: list[dict[str, Any]],
+) -> None:
+    """Check Elasticsearch's counts: per partition exactly what this load wrote, and nothing else from the folder
+    in our own indexes."""
     from_folder = {"prefix": {"source_file": folder_prefix}}
     mismatches = []
     for (day, environment), expected in sorted(report.partitions.items()):
@@ -677,7 +689,8 @@ def _reconcile(es: Elasticsearch, settings: Settings, folder_prefix: str, load_i
         found = es.count(index=name, query=query)["count"]
         if found != expected:
             mismatches.append(f"{name}: {found} instead of {expected}")
-    total = es.count(index=settings.index_prefix, query=from_folder, ignore_unavailable=True)["count"]
+    mine = {"bool": {"filter": [from_folder], "must_not": foreign}}
+    total = es.count(index=settings.index_prefix, query=mine, ignore_unavailable=True)["count"]
     if total != report.loaded:
         mismatches.append(f"all indexes: {total} documents from {folder_prefix} instead of {report.loaded}")
     if mismatches:

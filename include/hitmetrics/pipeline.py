@@ -18,9 +18,10 @@ from elasticsearch import Elasticsearch
 
 from hitmetrics import aggregate, indexes, rollup
 from hitmetrics.config import ConfigError, Settings
+from hitmetrics.ingest import UnreadableLandingEntries
 from hitmetrics.load import LoadReport, TooManyRejects, load_landing_day
 
-__all__ = ["RunPlan", "TooManyRejects", "plan_run"]
+__all__ = ["RunPlan", "TooManyRejects", "UnreadableLandingEntries", "plan_run"]
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def create_app() -> "FastAPI":
     RollupsDep = Annotated[Engine, Depends(rollups_engine)]
     DayParam = Annotated[dt.date | None, Query(description="Local day (YYYY-MM-DD); default: the latest with rollups")]
     EnvironmentParam = Annotated[
-        str | None, Query(pattern=ENVIRONMENT_NAME.pattern, description="One environment; default: all")
+        str | None, Query(pattern=f"^{ENVIRONMENT_NAME.pattern}$", description="One environment; default: all")
     ]
     PageParam = Annotated[str | None, Query(min_length=1, description="One page; default: all pages")]
 

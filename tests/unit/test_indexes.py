@@ -1,10 +1,21 @@
 import datetime as dt
+import fnmatch
+import re
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from hitmetrics.config import Settings
-from hitmetrics.indexes import index_name, index_template, local_day, parse_index_name, template_name
+from hitmetrics.config import ConfigError, Settings
+from hitmetrics.indexes import (
+    index_name,
+    index_template,
+    is_own_index,
+    local_day,
+    parse_index_name,
+    template_name,
+)
 from hitmetrics.model import Hit
 
 DAY = dt.date(2026, 11, 25)
@@ -50,14 +61,55 @@ def test_local_day(instant, timezone, day):
 
 
 def test_template_is_derived_from_the_hit_document():
-    template = index_template(Settings(index_prefix="metrics"))
-    assert template["index_patterns"] == ["metrics-*.*.*-*"]
+    template = index_template(Settings(index_prefix="metrics", environments=("prod", "dev_eu")))
+    # One pattern per environment, and no alias: a pattern cannot tell `…-prod` from `…-prod-copy`'s lookalikes.
+    assert template["index_patterns"] == ["metrics-*.*.*-prod", "metrics-*.*.*-dev_eu"]
     assert template["template"]["mappings"] == Hit._doc_type.mapping.to_dict()
     assert template["template"]["settings"] == {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
-    assert template["template"]["aliases"] == {"metrics": {}}
+    assert "aliases" not in template["template"]
     assert template_name("metrics") == "metrics-hits-template"
 
 
 def test_a_longer_prefix_gets_a_higher_priority():
-    # `hits-*.*.*-*` also matches `hits-eu-…`: equal priorities would be refused by Elasticsearch.
+    # `hits-*.*.*-production` also matches `hits-eu-…-production`: equal priorities would be refused.
     assert index_template(Settings(index_prefix="hits-eu"))["priority"] > index_template(Settings())["priority"]
+
+
+# Generated names and settings: whatever hitmetrics is configured with, it calls its own exactly the names it makes.
+NAME_TEXT = st.text(alphabet="abz09_-.*,/ \nA", max_size=12)
+ENVIRONMENT = st.from_regex(r"[a-z0-9][a-z0-9_]{0,6}", fullmatch=True)
+
+
+@given(prefix=NAME_TEXT, environments=st.lists(NAME_TEXT, min_size=0, max_size=3))
+def test_settings_admit_only_names_that_stay_in_the_pattern(prefix, environments):
+    try:
+        settings = Settings(index_prefix=prefix, environments=tuple(environments))
+    except ConfigError:
+        return
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]*", prefix) and "\n" not in prefix
+    for environment in settings.environments:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9_]*", environment)
+        name = index_name(prefix, DAY, environment)
+        assert parse_index_name(prefix, name) == (DAY, environment)
+        assert is_own_index(settings, name)
+        patterns = index_template(settings)["index_patterns"]
+        assert any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+@given(
+    environments=st.lists(ENVIRONMENT, min_size=1, max_size=3, unique=True),
+    day=st.dates(dt.date(1000, 1, 1), dt.date(9998, 12, 31)),
+    edit=st.sampled_from(["-copy", "_keep", "x", "-", ".1", "\n", " "]),
+    other=ENVIRONMENT,
+)
+def test_only_our_exact_names_are_ours(environments, day, edit, other):
+    settings = Settings(index_prefix="hits", environments=tuple(environments))
+    name = index_name("hits", day, environments[0])
+    assert is_own_index(settings, name)
+    assert not is_own_index(settings, name + edit)  # a user's copy, or an environment not configured
+    assert is_own_index(settings, index_name("hits", day, other)) == (other in environments)
+    assert not is_own_index(settings, "hits-eu-" + name.removeprefix("hits-"))
+    # The template gives our mapping to none of the edited names that end otherwise than an environment.
+    if not (name + edit).endswith(tuple(f"-{e}" for e in environments)):
+        patterns = index_template(settings)["index_patterns"]
+        assert not any(fnmatch.fnmatchcase(name + edit, pattern) for pattern in patterns)

@@ -1,6 +1,7 @@
 import datetime as dt
 import gzip
 import io
+import os
 
 import orjson
 import pytest
@@ -271,6 +272,30 @@ def test_find_day_files_with_iterdir_only(tmp_path):
     files, ignored = find_day_files(IterdirOnly(tmp_path), DAY)
     assert [f.source_file for f in files] == EXPECTED_FILES
     assert ignored == EXPECTED_IGNORED
+
+
+def test_entries_named_like_hit_files_that_are_no_files_fail_at_once_naming_each(tmp_path):
+    make_day(tmp_path)
+    folder = tmp_path / DAY.isoformat()
+    os.mkfifo(folder / "pipe.jsonl")  # opening it would wait for a writer for ever
+    (folder / "dangling.csv").symlink_to(folder / "nowhere.csv")
+    (folder / "loop-a.jsonl").symlink_to(folder / "loop-b.jsonl")
+    (folder / "loop-b.jsonl").symlink_to(folder / "loop-a.jsonl")
+    (folder / "fine.jsonl").symlink_to(folder / "b.jsonl")  # a link to a file is a file
+    (folder / "elsewhere").symlink_to(tmp_path, target_is_directory=True)  # not followed, listed
+    with pytest.raises(ingest.UnreadableLandingEntries) as caught:
+        find_day_files(tmp_path, DAY)
+    assert str(caught.value) == (
+        f"landing folder {folder} has 4 entries named like hit files that cannot be read as files: "
+        f"{DAY}/dangling.csv (a symbolic link to nothing), {DAY}/loop-a.jsonl (a symbolic link loop), "
+        f"{DAY}/loop-b.jsonl (a symbolic link loop), {DAY}/pipe.jsonl (a named pipe); "
+        "replace or remove them, then run the day again"
+    )
+    for name in ["pipe.jsonl", "dangling.csv", "loop-a.jsonl", "loop-b.jsonl"]:
+        (folder / name).unlink()
+    files, ignored = find_day_files(tmp_path, DAY)
+    assert [f.source_file for f in files] == sorted([*EXPECTED_FILES, f"{DAY}/fine.jsonl"])
+    assert ignored == sorted([*EXPECTED_IGNORED, f"{DAY}/elsewhere"])
 
 
 def test_a_missing_day_folder_names_the_path(tmp_path):

@@ -1,0 +1,39 @@
+import pytest
+
+from hitmetrics.config import ConfigError, Settings, load_settings
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"HITS_INDEX_PREFIX": "f2\n"}, "HITS_INDEX_PREFIX: 'f2\\n' is not a valid index name prefix"),
+        ({"HITS_INDEX_PREFIX": "Hits"}, "HITS_INDEX_PREFIX: 'Hits' is not a valid"),
+        ({"HITS_ENVIRONMENTS": " , ,"}, "HITS_ENVIRONMENTS: ' , ,' names no environment"),
+        ({"HITS_ENVIRONMENTS": "prod\n"}, None),  # the name is stripped like its neighbours' spaces
+        ({"HITS_ENVIRONMENTS": "prod,qa,prod"}, "HITS_ENVIRONMENTS: prod named more than once"),
+        ({"HITS_ENVIRONMENTS": "prod,q a"}, "HITS_ENVIRONMENTS: 'q a' is not a valid environment name"),
+        ({"HITS_TIMEZONE": "UTC\n"}, "HITS_TIMEZONE: 'UTC\\n' is not an IANA time zone name"),
+        ({"HITS_RETENTION_DAYS": "0"}, "HITS_RETENTION_DAYS: must be a whole number of days, at least 1"),
+        ({"HITS_MAX_REJECT_RATIO": "2"}, "HITS_MAX_REJECT_RATIO: must be between 0 and 1"),
+    ],
+)
+def test_a_setting_that_slips_is_refused_naming_the_variable(environ, message):
+    if message is None:
+        assert load_settings(environ).environments == ("prod",)
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert str(caught.value).startswith(message)
+
+
+def test_unset_or_empty_settings_are_the_defaults():
+    assert (
+        load_settings({})
+        == load_settings({"HITS_ENVIRONMENTS": "", "HITS_INDEX_PREFIX": ""})
+        == Settings(data_dir=Settings.data_dir)
+    )
+
+
+def test_a_newline_never_reaches_an_environment_name():
+    with pytest.raises(ConfigError, match="not a valid environment name"):
+        Settings(environments=("production\n",))
