@@ -19,6 +19,7 @@ when it fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import datetime as dt
 import hashlib
@@ -29,7 +30,7 @@ import re
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -760,7 +761,11 @@ def _text(value: object) -> str | None:
 
 
 class _RejectsFile:
-    """The load's rejects as JSON lines, written to a temporary file and put in place whole (atomically)."""
+    """The load's rejects as JSON lines, written to a temporary file and put in place whole (atomically).
+
+    A file that cannot be written (a full or read-only disk) fails the load with its path, and leaves no
+    temporary file behind.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -768,25 +773,42 @@ class _RejectsFile:
         self.stream: IO[bytes] | None = None
 
     def write(self, reject: Reject) -> None:
-        if self.stream is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
-        self.stream.write(orjson.dumps(reject._asdict()) + b"\n")
+        with self._naming_the_path():
+            if self.stream is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
+            self.stream.write(orjson.dumps(reject._asdict()) + b"\n")
 
     def commit(self) -> Path | None:
         """Put the file in place; None when nothing was rejected."""
         if self.stream is None:
             return None
-        self.stream.flush()
-        os.fsync(self.stream.fileno())
-        self.stream.close()
-        self.stream = None
-        os.replace(self.temporary, self.path)
+        with self._naming_the_path():
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            self.stream.close()
+            os.replace(self.temporary, self.path)
+        self.stream = None  # only now: a commit that failed half way is discarded whole
         return self.path
 
     def discard(self) -> None:
         """Drop an unfinished file (the load failed before commit)."""
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return
+        try:
+            stream.close()  # may fail to flush on a full disk: the file goes all the same
+        except OSError:
+            pass
+        finally:
             self.temporary.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _naming_the_path(self) -> Generator[None]:
+        try:
+            yield
+        except OSError as error:
+            raise LoadError(
+                f"cannot write the rejects file {self.path}: {error.strerror or error}; "
+                "free the space or fix the permissions, then run the load again"
+            ) from error

@@ -118,20 +118,19 @@ def aggregate_partitions(
 
 
 def publish_rollups(database_url: str, staging_files: Sequence[str], load_report: dict[str, Any]) -> list[dict]:
-    """Check and replace each partition's rollup rows atomically, and record the load; returns a summary.
+    """Check and replace every partition's rollup rows and record the load, all in one transaction; returns a
+    summary.
 
     A partition whose checks fail (30-minute sum, daily hits and Elasticsearch count disagree) keeps its previous
     rows; the failed check is recorded in `hits_checks` and the run fails.
     """
     engine = rollup.engine_for(database_url)
     rollup.create_tables(engine)
-    rollup.record_load(engine, load_report)
-    summary = []
-    for path in staging_files:
-        aggs = aggregate.read_aggregates(Path(path))
-        rollup.publish_partition(engine, aggs)
-        summary.append({"day": aggs.day.isoformat(), "environment": aggs.environment, "hits": aggs.es_count})
-        log.info("published %s %s: %d hits", aggs.day, aggs.environment, aggs.es_count)
+    partitions = (aggregate.read_aggregates(Path(path)) for path in staging_files)
+    checks = rollup.publish_run(engine, partitions, load_report)
+    summary = [{"day": c.day.isoformat(), "environment": c.environment, "hits": c.es_count} for c in checks]
+    for check in checks:
+        log.info("published %s %s: %d hits", check.day, check.environment, check.es_count)
     for path in staging_files:
         Path(path).unlink(missing_ok=True)
     return summary

@@ -1,10 +1,10 @@
-"""The rollup tables BI reads (SQLAlchemy Core, SQLite and PostgreSQL), written one partition at a time.
+"""The rollup tables BI reads (SQLAlchemy Core, SQLite and PostgreSQL).
 
-A partition (local day, environment) is replaced in one transaction: its rows in all four tables are deleted and
-the new ones inserted, so readers see the old day or the new day, never half of one, and a failed write leaves
-the previous rows. Instants are UTC: `timestamptz` on PostgreSQL, `YYYY-MM-DD HH:MM:SS` text (SQLite's own
-format, always UTC) on SQLite. Every table and column is documented in docs/rollups.md and, on PostgreSQL, as
-database comments.
+A run's partitions (local day, environment) are replaced in one transaction: their rows in all four tables are
+deleted and the new ones inserted, so readers see the old run or the new one, never half of a day or of a run,
+and a failed write leaves the previous rows. Instants are UTC: `timestamptz` on PostgreSQL, `YYYY-MM-DD HH:MM:SS`
+text (SQLite's own format, always UTC) on SQLite. Every table and column is documented in docs/rollups.md and,
+on PostgreSQL, as database comments.
 """
 
 from __future__ import annotations
@@ -226,18 +226,33 @@ def replace_partition(engine: Engine, aggs: PartitionAggregates) -> None:
 
 
 def publish_partition(engine: Engine, aggs: PartitionAggregates) -> PartitionCheck:
-    """Check a partition; if it adds up, replace its rows. One transaction, which also records the check.
+    """Check a partition; if it adds up, replace its rows (`publish_run` of one partition)."""
+    return publish_run(engine, [aggs])[0]
 
-    A failed check is recorded and raised as `ChecksFailed`; the tables keep the previous rows.
+
+def publish_run(
+    engine: Engine, partitions: Iterable[PartitionAggregates], load: Mapping[str, Any] | None = None
+) -> list[PartitionCheck]:
+    """Publish a run's partitions in one transaction, with its `hits_loads` row (`load`, see `record_load`).
+
+    Each partition that adds up replaces its rows; each check is recorded. BI sees the run whole or not at all,
+    also when the database goes away half way. A failed check keeps that partition's previous rows and is raised
+    as `ChecksFailed` once everything else is published.
     """
-    check = evaluate_partition(aggs)
+    checks = []
     with engine.begin() as conn:
-        if check.passed:
-            _replace_rows(conn, aggs)
-        _write_check(conn, check)
-    if not check.passed:
-        raise ChecksFailed(check)
-    return check
+        if load is not None:
+            _write_load(conn, load)
+        for aggs in partitions:
+            check = evaluate_partition(aggs)
+            if check.passed:
+                _replace_rows(conn, aggs)
+            _write_check(conn, check)
+            checks.append(check)
+    for check in checks:
+        if not check.passed:
+            raise ChecksFailed(check)
+    return checks
 
 
 def _replace_rows(conn: Connection, aggs: PartitionAggregates) -> None:
@@ -297,6 +312,11 @@ def record_load(engine: Engine, report: Mapping[str, Any]) -> None:
     `landing_day` / `loaded_at` may be ISO strings, `loaded_at` defaults to now, `files` is a count or the list of
     files, `rejects_file` a path or None. Recording the same `load_id` again (a retried task) replaces its row.
     """
+    with engine.begin() as conn:
+        _write_load(conn, report)
+
+
+def _write_load(conn: Connection, report: Mapping[str, Any]) -> None:
     missing = [name for name in LOAD_FIELDS if name not in report and name not in ("loaded_at", "rejects_file")]
     if missing:
         raise ValueError(f"load report lacks {', '.join(missing)}")
@@ -311,9 +331,8 @@ def record_load(engine: Engine, report: Mapping[str, Any]) -> None:
         row["files"] = len(row["files"])
     if row["rejects_file"] is not None:
         row["rejects_file"] = str(row["rejects_file"])
-    with engine.begin() as conn:
-        conn.execute(delete(hits_loads).where(hits_loads.c.load_id == row["load_id"]))
-        conn.execute(insert(hits_loads), row)
+    conn.execute(delete(hits_loads).where(hits_loads.c.load_id == row["load_id"]))
+    conn.execute(insert(hits_loads), row)
 
 
 def read_partition(engine: Engine, environment: str, day: dt.date, tz: str) -> dict[str, list[Any]]:

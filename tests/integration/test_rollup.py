@@ -34,6 +34,7 @@ from hitmetrics.rollup import (
     hits_loads,
     metadata,
     publish_partition,
+    publish_run,
     read_partition,
     recent_rows,
     record_checks,
@@ -245,3 +246,32 @@ def test_elasticsearch_to_rollups(engine: Engine, es: Elasticsearch, index_prefi
     assert aggs.es_count == len(hits)
     assert stored(engine, aggs) == as_sets(aggs)
     assert len(read_partition(engine, "production", day, tz)["hits_by_env_30m"]) == 48
+
+
+def test_a_run_is_published_whole_or_not_at_all(engine: Engine) -> None:
+    before = [synthetic(hits=2), synthetic(environment="staging", hits=2)]
+    publish_run(engine, before)
+    first, broken = synthetic(hits=7), synthetic(environment="staging", hits=7)
+    # The run's second partition fails half way through its writes (as when the database goes away): a row outside
+    # its day is refused after the first partition is written. The first is then not published either.
+    row = broken.by_page_30m[-1]
+    broken.by_page_30m[-1] = row._replace(bucket_start=row.bucket_start + dt.timedelta(days=2))
+    with pytest.raises(ValueError, match="is outside partition staging"):
+        publish_run(engine, [first, broken], {"load_id": "l1", "landing_day": DAY, "files": 1, "read": 1,
+                                              "loaded": 1, "rejected": 0})  # fmt: skip
+    for aggs in before:
+        assert stored(engine, aggs) == as_sets(aggs)
+    assert recent_rows(engine, hits_loads) == []
+    publish_run(engine, [first, synthetic(environment="staging", hits=7)])
+    assert stored(engine, first) == as_sets(first)
+
+
+def test_a_failed_check_keeps_its_partition_and_publishes_the_rest_of_the_run(engine: Engine) -> None:
+    previous = synthetic(environment="staging", hits=2)
+    publish_run(engine, [previous])
+    good, wrong = synthetic(hits=5), synthetic(environment="staging", hits=5)
+    wrong.es_count += 1
+    with pytest.raises(ChecksFailed, match="staging"):
+        publish_run(engine, [wrong, good])
+    assert stored(engine, good) == as_sets(good)
+    assert stored(engine, previous) == as_sets(previous)
