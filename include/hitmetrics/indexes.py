@@ -110,12 +110,15 @@ def create_index(
     """
     name = index_name(prefix, day, environment)
     # The aliases come with the exact name here, never from the template's pattern (see `index_template`).
+    aliases = [prefix, f"{prefix}-{environment}"]
     response = es.options(ignore_status=400).indices.create(
-        index=name, aliases={prefix: {}, f"{prefix}-{environment}": {}}, settings=settings
+        index=name, aliases={alias: {} for alias in aliases}, settings=settings
     )
     if response.meta.status == 200:
         return True
     if response.body.get("error", {}).get("type") == "resource_already_exists_exception":
+        # Made by someone else, e.g. by a write that created it: it is ours by its name, and gets its aliases.
+        es.indices.update_aliases(actions=[{"add": {"index": name, "alias": alias}} for alias in aliases])
         return False
     raise RuntimeError(f"creating index {name} failed: {response.body.get('error')}")
 

@@ -55,19 +55,31 @@ def test_the_mapping_is_strict(es, settings, index_prefix):
 def test_the_template_applies_to_indexes_created_elsewhere(es, settings, index_prefix):
     ensure_template(es, settings)
     assert es.indices.exists_index_template(name=template_name(index_prefix))
-    # A bulk write that auto-creates an index still gets the mapping and the `<prefix>` alias.
-    es.index(index=f"{index_prefix}-2026.11.27-production", document={"page": "/"}, refresh=True)
-    info = es.indices.get(index=f"{index_prefix}-2026.11.27-production")[f"{index_prefix}-2026.11.27-production"]
-    assert info["mappings"]["dynamic"] == "strict"
-    assert index_prefix in info["aliases"]
+    # A write that auto-creates one of our indexes still gets the mapping; creating it then adds its aliases.
+    name = f"{index_prefix}-2026.11.27-production"
+    es.index(index=name, document={"page": "/"}, refresh=True)
+    assert es.indices.get(index=name)[name]["mappings"]["dynamic"] == "strict"
+    assert create_indexes(es, settings, [dt.date(2026, 11, 27)], ["production"]) == []
+    assert set(es.indices.get(index=name)[name]["aliases"]) == {index_prefix, f"{index_prefix}-production"}
+
+
+def test_foreign_indexes_that_look_like_ours_get_neither_mapping_nor_alias(es, settings, index_prefix):
+    ensure_template(es, settings)
+    for foreign in [f"{index_prefix}-2026.05.10-production-copy", f"{index_prefix}-2026.05.10-retired"]:
+        es.index(index=foreign, document={"page": "/", "note": "a user's own field"}, refresh=True)
+        info = es.indices.get(index=foreign)[foreign]
+        assert info["aliases"] == {}
+        assert "dynamic" not in info["mappings"]
 
 
 def test_retention_deletes_only_expired_daily_indexes(es, settings, index_prefix):
     days = [DAY - dt.timedelta(days=n) for n in range(5)]
     create_indexes(es, settings, days)
-    # Names that merely share the prefix are never touched.
-    for foreign in [f"{index_prefix}-archive", f"{index_prefix}-2020.01.01-production-copy"]:
-        es.indices.create(index=foreign)
+    # Names that merely share the prefix, and environments that are not configured, are never touched.
+    foreign = [f"{index_prefix}-archive", f"{index_prefix}-2020.01.01-production-copy",
+               f"{index_prefix}-2020.01.01-production_keep", f"{index_prefix}-2020.01.01-retired"]  # fmt: skip
+    for name in foreign:
+        es.indices.create(index=name)
     deleted = delete_expired_indexes(es, settings, today=DAY)
     assert deleted == [
         f"{index_prefix}-2026.11.21-production",
@@ -77,8 +89,7 @@ def test_retention_deletes_only_expired_daily_indexes(es, settings, index_prefix
     ]
     remaining = set(es.indices.get(index=f"{index_prefix}-*"))
     assert remaining == {
-        f"{index_prefix}-archive",
-        f"{index_prefix}-2020.01.01-production-copy",
+        *foreign,
         *(f"{index_prefix}-2026.11.{day}-{env}" for day in (23, 24, 25) for env in ("production", "staging")),
     }
     assert delete_expired_indexes(es, settings, today=DAY) == []

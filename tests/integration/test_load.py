@@ -200,6 +200,33 @@ def test_a_full_reload_replaces_exactly_what_the_folder_contributed(es, settings
     ]
 
 
+def test_a_reload_never_touches_indexes_that_are_not_ours(es, settings, index_prefix, caplog):
+    write(settings, "a.jsonl", [hit(user_id=n) for n in range(3)])
+    load_landing_day(es, settings, DAY)
+    # A user's copy of our index, and an index of an environment no longer configured, both behind our alias (as
+    # an older template gave it) and both holding documents from this folder.
+    foreign = [f"{index_prefix}-2026.11.25-production-copy", f"{index_prefix}-2026.11.25-retired"]
+    for name in foreign:
+        es.indices.create(index=name, aliases={index_prefix: {}})
+        for number, document in enumerate(es.search(index=f"{index_prefix}-2026.11.25-production")["hits"]["hits"]):
+            es.index(index=name, id=f"copy-{number}", document=document["_source"])
+    es.indices.refresh(index=",".join(foreign))
+    write(settings, "a.jsonl", [hit(user_id=n) for n in range(2)])
+    report = load_landing_day(es, settings, DAY)
+    assert (report.loaded, report.deleted) == (2, 1)
+    assert [es.count(index=name)["count"] for name in foreign] == [3, 3]
+    assert "left alone: 2 index(es) behind alias" in caplog.text
+
+
+def test_entries_that_are_not_files_fail_the_load_before_anything_is_written(es, settings, index_prefix):
+    write(settings, "a.jsonl", [hit()])
+    load_landing_day(es, settings, DAY)
+    (Path(settings.landing) / DAY.isoformat() / "late.jsonl").symlink_to("/nowhere/late.jsonl")
+    with pytest.raises(ingest.UnreadableLandingEntries, match="late.jsonl \\(a symbolic link to nothing\\)"):
+        load_landing_day(es, settings, DAY)
+    assert len(stored(es, index_prefix)) == 1  # what the day had is kept
+
+
 def test_an_emptied_folder_loads_zero_and_removes_what_it_had(es, settings, index_prefix):
     path = write(settings, "a.jsonl", [hit(), hit()])
     load_landing_day(es, settings, DAY)
@@ -242,7 +269,7 @@ def test_rejects_go_to_a_file_and_never_stop_good_records(es, settings, index_pr
             "raw": "not json \\xff",
         },
     ]
-    assert rejects[1]["reason"].startswith("invalid JSON")
+    assert rejects[1]["reason"] == "not valid UTF-8"
     assert len(stored(es, index_prefix)) == 199
     assert list(report.rejects_file.parent.iterdir()) == [report.rejects_file]  # no temporary file left behind
 
