@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PORT ?= 9200
 AIRFLOW_PORT ?= 8080
 
-.PHONY: setup test lint run node-start node-status node-stop airflow bench
+.PHONY: setup test fuzz lint run node-start node-status node-stop airflow bench
 
 run: setup ## the main job: a sample day through the whole chain on the embedded defaults
 	$(PY) -m tools.main_job
@@ -13,6 +13,9 @@ setup:
 
 test: setup ## every test, starting its own Elasticsearch node and PostgreSQL
 	$(PY) -m pytest
+
+fuzz: setup ## the property-based tests at length: random, 6,000 examples per property (about 11 minutes)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/unit/test_verdicts.py tests/unit/test_indexes.py
 
 lint: setup
 	.venv/bin/ruff check .

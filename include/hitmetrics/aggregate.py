@@ -34,7 +34,8 @@ import orjson
 from elasticsearch import ApiError, Elasticsearch
 
 BUCKET_INTERVAL = "30m"
-# The cardinality aggregation's highest precision: distinct counts up to this many users are exact in practice.
+# The cardinality aggregation's highest precision. Its counts are estimates at any size (colliding hashes of ids
+# count as one user: 2083 and 5752 do), the closest it gives.
 CARDINALITY_PRECISION = 40_000
 # Requests of a partition in flight at once: the totals and the page parts. Each is a pass over the partition on
 # one core of the node; one more than a 2-core node has keeps it busy while responses travel and are parsed.

@@ -2,9 +2,10 @@
 
 Speed: files are read in blocks split in C; a usual record takes a fast path (a JSON line is decoded and checked
 by msgspec in one call, a CSV line without quotes is split on commas) and only anything else the full way
-(`validate_hit`, the csv module), which accepts it or says why not. The fast paths only ever accept what the full
-way accepts (tests/unit/test_ingest.py compares them on tricky records). The loader can pass a `FastPath` of its
-own, which takes usual records straight from the lines (see `parse_batches`).
+(the same msgspec decoder with the fields taken as they are, then `validate_hit`; the csv module), which accepts
+it or says why not. The fast paths only ever accept what the full way accepts, and read it alike
+(tests/unit/test_verdicts.py compares every path on generated records and files). The loader can pass a
+`FastPath` of its own, which takes usual records straight from the lines (see `parse_batches`).
 
 The landing root is a `pathlib.Path` or any pathlib-like object (`universal_pathlib`'s `UPath`, Airflow's
 `ObjectStoragePath`) offering `/`, `rglob` (or `iterdir`), `is_dir()`, `is_file()` and `open("rb")`.

@@ -96,6 +96,7 @@ INITIAL_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 RETRY_STATUS = (429, 502, 503, 504)
 PROGRESS_EVERY_S = 10.0
+LOGGED_REJECTS = 5  # the first rejects of a load are in its log too; all of them are in the rejects file
 SWEEP_PAGE = 5_000
 # A request is first sent asking only whether anything failed: producing, sending and parsing a status per item
 # costs the node and the loader time on every request. Only when something failed is it sent again (index and
@@ -369,6 +370,8 @@ def _write_documents(
                         report.read += 1
                         report.rejected += 1
                         rejects.write(item)
+                        if report.rejected <= LOGGED_REJECTS:
+                            log.warning("rejected %s line %d: %s", item.source_file, item.line, item.reason)
                         continue
                     instant, environment = item.datetime, item.environment
                     index, action, body = target(

@@ -36,7 +36,7 @@ PAGE_SIZE = 2_000
 # Buckets per histogram request when a long range is split into windows.
 WINDOW_BUCKETS = 5_000
 DAY_MS = 86_400_000
-# Above this many distinct users the cardinality aggregation is approximate (Elasticsearch's maximum).
+# The cardinality aggregation's highest precision (Elasticsearch's maximum); its counts are estimates at any size.
 CARDINALITY_PRECISION = 40_000
 HIT_COLUMNS = ("datetime", "page", "user_id", "environment")
 HISTOGRAM_COLUMNS = ("bucket_start", "hits", "unique_users")
@@ -296,8 +296,8 @@ def histogram(
 
     Buckets without hits are included, across the whole requested range. Bucket boundaries are wall-clock
     multiples of the interval in `tz` (a `1d` bucket starts at local midnight, so a DST day's bucket is 23 or 25
-    hours long). Unique users come from Elasticsearch's cardinality aggregation: exact up to 40,000 users per
-    bucket, approximate above. A long range is asked for in windows of whole local days, each its own request,
+    hours long). Unique users come from Elasticsearch's cardinality aggregation, an estimate at any size (ids whose
+    hashes collide count as one user). A long range is asked for in windows of whole local days, each its own request,
     and streamed. Arguments are checked now; the requests run as the result is read.
     """
     tz = tz or settings.tz

@@ -115,7 +115,7 @@ def _measures() -> list[Column]:
             "unique_users",
             BigInteger,
             nullable=False,
-            comment="Distinct user_id values among these hits (exact in practice below 40,000). Never sum across rows.",
+            comment="Distinct user_id values among these hits, as estimated by Elasticsearch. Never sum across rows.",
         ),
     ]
 

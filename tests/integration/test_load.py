@@ -247,7 +247,7 @@ def test_a_missing_day_folder_fails_clearly(es, settings):
         load_landing_day(es, settings, DAY)
 
 
-def test_rejects_go_to_a_file_and_never_stop_good_records(es, settings, index_prefix):
+def test_rejects_go_to_a_file_and_never_stop_good_records(es, settings, index_prefix, caplog):
     good = [hit(user_id=n) for n in range(199)]
     write(settings, "a.jsonl", [*good[:100], hit(user_id=-1), b"not json \xff", *good[100:]])
     report = load_landing_day(es, settings, DAY, load_id="nightly-1")
@@ -270,6 +270,7 @@ def test_rejects_go_to_a_file_and_never_stop_good_records(es, settings, index_pr
         },
     ]
     assert rejects[1]["reason"] == "not valid UTF-8"
+    assert "rejected 2026-11-25/a.jsonl line 101: user_id -1 is outside 0..2147483647" in caplog.text
     assert len(stored(es, index_prefix)) == 199
     assert list(report.rejects_file.parent.iterdir()) == [report.rejects_file]  # no temporary file left behind
 
