@@ -353,3 +353,36 @@ def test_damaged_files_never_crash_and_give_every_line_one_verdict(count, damage
     if not packed:  # every line is a record, a reject or blank: no more verdicts than lines
         assert len(found) <= bytes(stream).count(b"\n") + 1
         assert c_way_agrees(name, bytes(stream))
+
+
+# The cases a fault suite found, each through every path.
+ISSUE_CSV = b"page,datetime,user_id,environment\n"
+ISSUE_JSON_LINES = [
+    b'{"page":"/a","datetime":"2026-11-25T10:15:00Z","user_id":1,"environment":"production","x":1e400}',
+    b'{"page":"/a","datetime":"2026-11-25T12:15:00+02:00","user_id":1,"environment":"production","x":1e400}',
+    b'{"page":"/a","datetime":"2026-11-25T10:15:00Z","user_id":1,"environment":"production","x":'
+    + b"[" * 5000
+    + b"]" * 5000
+    + b"}",
+    b'{"page":"/a","datetime":"2026-11-25T10:15:00Z","user_id":1,"environment":"production","x":"\xff"}',
+    b'{"page":"/a","page":"/b","datetime":"2026-11-25T10:15:00Z","user_id":1,"environment":"production"}',
+]
+
+
+def test_the_fault_suite_s_json_cases():
+    data = b"\n".join([*ISSUE_JSON_LINES[:2], *good_lines(100), *ISSUE_JSON_LINES[2:]]) + b"\n"
+    found = dict(python_way("i.jsonl", data))
+    assert found[1].page == found[2].page == "/a" and found[1].datetime == found[2].datetime  # 1e400 is ignored
+    assert found[103] == "JSON nested deeper than 64 levels"  # one line, never the day
+    assert found[104] == "not valid UTF-8"
+    assert found[105].page == "/b"  # the last of a repeated key counts
+    assert sum(isinstance(verdict, tuple) for verdict in found.values()) == 100 + 3
+    assert c_way_agrees("i.jsonl", data)
+
+
+def test_the_fault_suite_s_csv_user_id_gets_one_verdict_quoted_or_not():
+    rows = [b"/a,2026-11-25T10:15:00Z,000000000000000000000000044574,production",
+            b'"/a",2026-11-25T10:15:00Z,000000000000000000000000044574,production']  # fmt: skip
+    data = ISSUE_CSV + b"\n".join(rows) + b"\n"
+    assert [verdict.user_id for _, verdict in python_way("i.csv", data)] == [44574, 44574]
+    assert c_way_agrees("i.csv", data)
