@@ -99,24 +99,26 @@ def hits_nightly():
         return pipeline.report_dict(report)
 
     @task
-    def aggregate_30m(plan: dict, load_report: dict) -> list[str]:
-        """30-minute and daily hits and unique users per page and environment, computed in Elasticsearch."""
+    def aggregate_30m(plan: dict, load_report: dict) -> list[list[str]]:
+        """30-minute and daily hits and unique users per page and environment, computed in Elasticsearch and
+        staged in the rollup database."""
         from hitmetrics import pipeline
         from hitmetrics.config import load_settings
-        from hitmetrics_airflow import elasticsearch_client
+        from hitmetrics_airflow import elasticsearch_client, rollups_url
 
         settings = load_settings()
         run = pipeline.RunPlan(**plan)
-        return pipeline.aggregate_partitions(elasticsearch_client(settings), settings, run, load_report)
+        es = elasticsearch_client(settings)
+        return pipeline.aggregate_partitions(es, settings, run, load_report, rollups_url(settings))
 
     @task
-    def write_rollups(staging_files: list[str], load_report: dict) -> list[dict]:
-        """Replace each partition's rows in the rollup tables in one transaction."""
+    def write_rollups(staged: list[list[str]], load_report: dict) -> list[dict]:
+        """Publish the staged partitions and the load in one transaction."""
         from hitmetrics import pipeline
         from hitmetrics.config import load_settings
         from hitmetrics_airflow import rollups_url
 
-        return pipeline.publish_rollups(rollups_url(load_settings()), staging_files, load_report)
+        return pipeline.publish_rollups(rollups_url(load_settings()), staged, load_report)
 
     plan = create_indexes()
     report = load_hits(plan)

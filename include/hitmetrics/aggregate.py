@@ -8,17 +8,15 @@ request. A large one has its page rows split into term partitions (`include.part
 are checked against describe the same snapshot; it costs about one pass over its hits whatever its number of
 pages. `aggregate_partitions` runs a day's partitions two at a time.
 
-The aggregate and rollup tasks are separate Airflow tasks and the rows are too big for XCom: they travel through a
-gzipped NDJSON file (`write_aggregates` / `read_aggregates`).
+The aggregate and rollup tasks are separate Airflow tasks and the rows are too big for XCom: they are staged in the
+rollup database (`staging.py`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gc
-import gzip
 import math
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,11 +24,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ContextDecorator
 from dataclasses import dataclass, field
 from operator import itemgetter
-from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-import orjson
 from elasticsearch import ApiError, Elasticsearch
 
 BUCKET_INTERVAL = "30m"
@@ -59,7 +55,6 @@ _FILTER_PATH = (
     "aggregations.**.sum_other_doc_count"
 )
 POINT_IN_TIME_KEEP_ALIVE = "5m"
-FILE_FORMAT = 1
 
 
 class PageBucket(NamedTuple):
@@ -481,60 +476,3 @@ def check_partition(aggs: PartitionAggregates) -> PartitionCheck:
     if not check.passed:
         raise ChecksFailed(check)
     return check
-
-
-def write_aggregates(aggs: PartitionAggregates, path: Path) -> Path:
-    """Write a partition's aggregates as gzipped NDJSON: a header line, then one line per row.
-
-    The file appears complete or not at all (written aside, then renamed), so a retried task never reads half.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = {
-        "format": FILE_FORMAT,
-        "index": aggs.index,
-        "environment": aggs.environment,
-        "day": aggs.day,
-        "timezone": aggs.timezone,
-        "es_count": aggs.es_count,
-    }
-    partial = path.with_name(f".{path.name}.partial")
-    with gzip.open(partial, "wb", compresslevel=5) as out:
-        out.write(orjson.dumps(header, option=orjson.OPT_APPEND_NEWLINE))
-        for table, rows in aggs.tables().items():
-            for row in rows:
-                out.write(orjson.dumps({"table": table, **row._asdict()}, option=orjson.OPT_APPEND_NEWLINE))
-    os.replace(partial, path)
-    return path
-
-
-def read_aggregates(path: Path) -> PartitionAggregates:
-    """Read a file written by `write_aggregates`; a damaged one raises ValueError naming the file and line."""
-    path = Path(path)
-    with gzip.open(path, "rb") as lines:
-        aggs: PartitionAggregates | None = None
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = orjson.loads(line)
-                if aggs is None:
-                    if record.get("format") != FILE_FORMAT:
-                        raise ValueError(f"not a format {FILE_FORMAT} aggregates header")
-                    aggs = PartitionAggregates(
-                        index=record["index"],
-                        environment=record["environment"],
-                        day=dt.date.fromisoformat(record["day"]),
-                        timezone=record["timezone"],
-                        es_count=record["es_count"],
-                    )
-                    continue
-                table = record.pop("table")
-                if "bucket_start" in record:
-                    record["bucket_start"] = dt.datetime.fromisoformat(record["bucket_start"])
-                if "day" in record:
-                    record["day"] = dt.date.fromisoformat(record["day"])
-                aggs.tables()[table].append(ROW_TYPES[table](**record))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
-                raise ValueError(f"{path}, line {number}: {type(error).__name__}: {error}") from error
-    if aggs is None:
-        raise ValueError(f"{path}: empty file, no aggregates header")
-    return aggs

@@ -1,8 +1,9 @@
 """One function per DAG task: the run-level orchestration of the stages, free of Airflow.
 
 A run loads one landing day's folder, then recomputes the rollups of every (day, environment) partition that the
-load touched, whichever day the hits fell on. The DAG passes small, JSON-friendly values between tasks; the
-aggregated rows travel in staging files because they are too big for XCom.
+load touched, whichever day the hits fell on. The DAG passes small, JSON-friendly values between tasks (XCom);
+the aggregated rows, too big for XCom, are staged in the rollup database (`staging.py`): tasks share no disk, so
+each may run on another worker.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from hitmetrics import aggregate, indexes, rollup
+from hitmetrics import aggregate, indexes, rollup, staging
 from hitmetrics.config import ConfigError, Settings
 from hitmetrics.ingest import UnreadableLandingEntries
 from hitmetrics.load import LoadReport, TooManyRejects, load_landing_day
@@ -104,36 +105,35 @@ def partition_indexes(
 
 
 def aggregate_partitions(
-    es: Elasticsearch, settings: Settings, plan: RunPlan, load_report: dict[str, Any]
-) -> list[str]:
-    """Aggregate each partition the load touched, of the plan's environments; returns the staging files."""
-    staging = settings.data_dir / "staging" / load_report["load_id"]
+    es: Elasticsearch, settings: Settings, plan: RunPlan, load_report: dict[str, Any], database_url: str
+) -> list[list[str]]:
+    """Aggregate each partition the load touched, of the plan's environments, and stage it in the rollup database
+    under the load id; returns the staged partitions as [day, environment] pairs (for XCom)."""
+    engine = rollup.engine_for(database_url)
+    rollup.create_tables(engine)
     partitions = partition_indexes(settings, load_report["partitions"], plan.environments)
-    paths = []
+    staged = []
     for aggs in aggregate.aggregate_partitions(es, partitions, settings.timezone):
-        path = staging / f"{aggs.day.isoformat()}-{aggs.environment}.ndjson.gz"
-        paths.append(str(aggregate.write_aggregates(aggs, path)))
-        log.info("%s %s: %d hits in %d pages", aggs.day, aggs.environment, aggs.es_count, len(aggs.by_page_daily))
-    return paths
+        day, environment = staging.stage_partition(engine, load_report["load_id"], aggs)
+        staged.append([day.isoformat(), environment])
+        log.info("%s %s: %d hits in %d pages, staged", day, environment, aggs.es_count, len(aggs.by_page_daily))
+    return staged
 
 
-def publish_rollups(database_url: str, staging_files: Sequence[str], load_report: dict[str, Any]) -> list[dict]:
-    """Check and replace every partition's rollup rows and record the load, all in one transaction; returns a
-    summary.
+def publish_rollups(database_url: str, staged: Sequence[Sequence[str]], load_report: dict[str, Any]) -> list[dict]:
+    """Check and replace every staged partition's rollup rows and record the load, all in one transaction; returns
+    a summary.
 
     A partition whose checks fail (30-minute sum, daily hits and Elasticsearch count disagree) keeps its previous
     rows; the failed check is recorded in `hits_checks` and the run fails.
     """
     engine = rollup.engine_for(database_url)
     rollup.create_tables(engine)
-    partitions = (aggregate.read_aggregates(Path(path)) for path in staging_files)
-    checks = rollup.publish_run(engine, partitions, load_report)
-    summary = [{"day": c.day.isoformat(), "environment": c.environment, "hits": c.es_count} for c in checks]
+    partitions = [(dt.date.fromisoformat(day), environment) for day, environment in staged]
+    checks = staging.publish_staged(engine, load_report["load_id"], partitions, load_report)
     for check in checks:
         log.info("published %s %s: %d hits", check.day, check.environment, check.es_count)
-    for path in staging_files:
-        Path(path).unlink(missing_ok=True)
-    return summary
+    return [{"day": c.day.isoformat(), "environment": c.environment, "hits": c.es_count} for c in checks]
 
 
 def create_upcoming_indexes(

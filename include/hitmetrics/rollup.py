@@ -215,7 +215,9 @@ def engine_for(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the rollup tables that do not exist yet (with their comments on PostgreSQL)."""
+    """Create the rollup tables that do not exist yet (with their comments on PostgreSQL), the staging ones too."""
+    from hitmetrics import staging  # noqa: F401 - its tables join `metadata` on import (it imports this module)
+
     metadata.create_all(engine)
 
 
@@ -239,16 +241,29 @@ def publish_run(
     also when the database goes away half way. A failed check keeps that partition's previous rows and is raised
     as `ChecksFailed` once everything else is published.
     """
-    checks = []
     with engine.begin() as conn:
-        if load is not None:
-            _write_load(conn, load)
-        for aggs in partitions:
-            check = evaluate_partition(aggs)
-            if check.passed:
-                _replace_rows(conn, aggs)
-            _write_check(conn, check)
-            checks.append(check)
+        checks = publish_in(conn, partitions, load)
+    return raise_failed(checks)
+
+
+def publish_in(
+    conn: Connection, partitions: Iterable[PartitionAggregates], load: Mapping[str, Any] | None = None
+) -> list[PartitionCheck]:
+    """`publish_run` inside the caller's transaction; returns every check, failed ones too (`raise_failed`)."""
+    if load is not None:
+        _write_load(conn, load)
+    checks = []
+    for aggs in partitions:
+        check = evaluate_partition(aggs)
+        if check.passed:
+            _replace_rows(conn, aggs)
+        _write_check(conn, check)
+        checks.append(check)
+    return checks
+
+
+def raise_failed(checks: list[PartitionCheck]) -> list[PartitionCheck]:
+    """`checks`, once none failed; else `ChecksFailed` for the first that did."""
     for check in checks:
         if not check.passed:
             raise ChecksFailed(check)

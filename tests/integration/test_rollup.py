@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch, helpers
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from hitmetrics import indexes
 from hitmetrics.aggregate import (
@@ -22,14 +20,11 @@ from hitmetrics.aggregate import (
     PartitionAggregates,
     aggregate_partition,
     day_bounds,
-    read_aggregates,
-    write_aggregates,
 )
 from hitmetrics.config import Settings
 from hitmetrics.rollup import (
     _replace_rows,
     create_tables,
-    engine_for,
     hits_checks,
     hits_loads,
     metadata,
@@ -41,37 +36,10 @@ from hitmetrics.rollup import (
     record_load,
     replace_partition,
 )
-from tools.testing import service_missing
+from hitmetrics.staging import publish_staged, stage_partition
 
 BERLIN = "Europe/Berlin"
 DAY = dt.date(2026, 3, 29)  # 23 hours long in Berlin
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A rollup database with the tables created: a SQLite file, or a fresh schema of the test PostgreSQL."""
-    if request.param == "sqlite":
-        engine = engine_for(f"sqlite:///{tmp_path}/rollups.sqlite")
-        create_tables(engine)
-        yield engine
-        engine.dispose()
-        return
-    url = request.getfixturevalue("postgres_url")
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    admin = engine_for(url)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except OperationalError as error:
-        service_missing(f"PostgreSQL at {admin.url} does not answer: {error}")
-    separator = "&" if "?" in url else "?"
-    engine = engine_for(f"{url}{separator}options=-csearch_path%3D{schema}")
-    create_tables(engine)
-    yield engine
-    engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def synthetic(
@@ -238,10 +206,8 @@ def test_elasticsearch_to_rollups(engine: Engine, es: Elasticsearch, index_prefi
         for n, at in enumerate(instants)
     ]
     helpers.bulk(es, ({"_index": index, "source_file": "t.jsonl", "load_id": "t", **hit} for hit in hits), refresh=True)
-    path = write_aggregates(aggregate_partition(es, index, day, "production", tz), tmp_path / "agg.ndjson.gz")
-
-    aggs = read_aggregates(path)
-    publish_partition(engine, aggs)
+    aggs = aggregate_partition(es, index, day, "production", tz)
+    publish_staged(engine, "run-1", [stage_partition(engine, "run-1", aggs)])  # as the two tasks do
 
     assert aggs.es_count == len(hits)
     assert stored(engine, aggs) == as_sets(aggs)

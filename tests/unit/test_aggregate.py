@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import gzip
 import threading
 import zlib
 from collections.abc import Iterator
@@ -25,8 +24,6 @@ from hitmetrics.aggregate import (
     PartitionAggregates,
     check_partition,
     day_bounds,
-    read_aggregates,
-    write_aggregates,
 )
 
 UTC = dt.UTC
@@ -203,31 +200,3 @@ def test_check_catches_a_page_missing_from_a_page_table() -> None:
 def test_empty_partition_passes() -> None:
     aggs = PartitionAggregates("hits-2026.03.29-staging", "staging", dt.date(2026, 3, 29), "UTC", 0)
     assert check_partition(aggs).passed
-
-
-def test_aggregates_file_round_trip(tmp_path) -> None:
-    aggs = _aggs()
-    path = write_aggregates(aggs, tmp_path / "nested" / "production.ndjson.gz")
-    assert read_aggregates(path) == aggs
-    assert not list(path.parent.glob(".*partial"))
-    with gzip.open(path, "rb") as lines:
-        assert len(lines.readlines()) == 1 + 3 + 2 + 2 + 1
-
-
-def test_damaged_aggregates_file_names_file_and_line(tmp_path) -> None:
-    path = write_aggregates(_aggs(), tmp_path / "a.ndjson.gz")
-    with gzip.open(path, "rb") as lines:
-        content = lines.readlines()
-    content[2] = b'{"table": "hits_by_page_30m", "page": "/"}\n'
-    with gzip.open(path, "wb") as out:
-        out.writelines(content)
-    with pytest.raises(ValueError, match=r"a\.ndjson\.gz, line 3: TypeError"):
-        read_aggregates(path)
-
-
-def test_file_without_header_is_refused(tmp_path) -> None:
-    path = tmp_path / "b.ndjson.gz"
-    with gzip.open(path, "wb") as out:
-        out.write(b'{"table": "hits_by_env_daily"}\n')
-    with pytest.raises(ValueError, match="line 1: ValueError: not a format 1 aggregates header"):
-        read_aggregates(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
+from hitmetrics import staging  # noqa: F401 - its tables join the metadata
 from hitmetrics.aggregate import EnvBucket, PartitionAggregates
 from hitmetrics.rollup import UtcDateTime, engine_for, metadata, record_load, replace_partition
 
@@ -38,6 +39,12 @@ def test_natural_primary_keys() -> None:
         "hits_by_env_daily": {"environment", "day"},
         "hits_loads": {"load_id"},
         "hits_checks": {"environment", "day"},
+        # Staging: a run's rows, keyed like the tables they are for.
+        "hits_staging_by_page_30m": {"run_key", "partition_day", "environment", "page", "bucket_start"},
+        "hits_staging_by_env_30m": {"run_key", "partition_day", "environment", "bucket_start"},
+        "hits_staging_by_page_daily": {"run_key", "partition_day", "environment", "page", "day"},
+        "hits_staging_by_env_daily": {"run_key", "partition_day", "environment", "day"},
+        "hits_staging_partitions": {"run_key", "environment", "partition_day"},
     }
 
 
