@@ -84,12 +84,13 @@ def hits_nightly():
 
         from hitmetrics import pipeline
         from hitmetrics.config import load_settings
-        from hitmetrics_airflow import elasticsearch_client, landing_root, rollups_url
+        from hitmetrics_airflow import elasticsearch_client, rollups_url, storage_root
 
         settings = load_settings()
         run = pipeline.RunPlan(**plan)
         try:
-            report = pipeline.load_day(elasticsearch_client(settings), settings, run, landing_root(settings))
+            landing, rejects = storage_root(settings.landing), storage_root(settings.rejects_location)
+            report = pipeline.load_day(elasticsearch_client(settings), settings, run, landing, rejects)
         except pipeline.TooManyRejects as error:
             # The good records are loaded; a retry would load the same folder and fail the same way.
             pipeline.record_failed_load(rollups_url(settings), error.report)

@@ -61,13 +61,14 @@ def _log_default_once(url: str) -> None:
     log.info("Connection %s is not defined: using %s", ROLLUPS_CONN_ID, shown)
 
 
-def landing_root(settings: Settings) -> Any:
-    """The landing location: a local folder, or an ObjectStoragePath for URLs (s3://, gs://, file://)."""
-    if "://" in settings.landing:
+def storage_root(location: str) -> Any:
+    """A location setting (`HITS_LANDING`, `HITS_REJECTS`): a local folder, or an ObjectStoragePath for URLs
+    (s3://, gs://, file://), which takes its credentials from the URL's Airflow connection."""
+    if "://" in location:
         from airflow.sdk import ObjectStoragePath
 
-        return ObjectStoragePath(settings.landing)
-    return Path(settings.landing)
+        return ObjectStoragePath(location)
+    return Path(location)
 
 
 # One policy for every hitmetrics DAG (tests/dags/test_dag_policy.py enforces it).

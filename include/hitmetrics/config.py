@@ -39,6 +39,7 @@ class Settings:
     max_reject_ratio: float = 0.01
     es_url: str = DEFAULT_ES_URL
     rollups_url: str = field(default="")
+    rejects: str = ""  # a folder or object-storage URL; empty: $HITS_DATA_DIR/rejects
 
     def __post_init__(self) -> None:
         for env in self.environments:
@@ -68,8 +69,9 @@ class Settings:
         return ZoneInfo(self.timezone)
 
     @property
-    def rejects_dir(self) -> Path:
-        return self.data_dir / "rejects"
+    def rejects_location(self) -> str:
+        """Where rejects files go (`HITS_REJECTS`): a folder, or an object-storage URL every worker reaches."""
+        return self.rejects or str(self.data_dir / "rejects")
 
     @property
     def rollups_database_url(self) -> str:
@@ -106,4 +108,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_reject_ratio=number("HITS_MAX_REJECT_RATIO", float, 0.01),  # type: ignore[arg-type]
         es_url=env.get("HITS_ES_URL") or DEFAULT_ES_URL,
         rollups_url=env.get("HITS_ROLLUPS_URL", ""),
+        rejects=env.get("HITS_REJECTS", ""),
     )

@@ -28,6 +28,8 @@ import logging
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -159,7 +161,7 @@ class LoadReport:
     read: int = 0
     loaded: int = 0
     rejected: int = 0
-    rejects_file: Path | None = None
+    rejects_file: str | None = None  # a path or URL
     # Documents written per (local day, environment) partition. Partitions that only lost documents to the
     # sweep are included with 0: every partition listed needs its aggregates recomputed.
     partitions: dict[Partition, int] = field(default_factory=dict)
@@ -225,15 +227,16 @@ def load_landing_day(
     load_id: str | None = None,
     progress: Callable[[LoadProgress], None] | None = None,
     missing_ok: bool = False,
+    rejects_root: LandingPath | None = None,
 ) -> LoadReport:
     """Load `<landing>/<landing_day>/` so the indexes hold exactly the folder's good records; return the report.
 
-    `landing` defaults to `settings.landing` (a folder or URL); pass an Airflow `ObjectStoragePath` to use a
-    connection's credentials. `load_id` must be new for every attempt (default: generated). Raises
-    `MissingLandingDay` when the folder does not exist (with `missing_ok`, a removed folder loads as empty, which
-    deletes everything it contributed), `TooManyRejects` (after loading the good records) when the
-    rejected share exceeds `settings.max_reject_ratio`, `ReconciliationError` when Elasticsearch's counts differ
-    from what was loaded, `LoadError` for anything else that stops the load.
+    `landing` defaults to `settings.landing` and `rejects_root` to `settings.rejects_location` (each a folder or
+    URL); pass an Airflow `ObjectStoragePath` to use a connection's credentials. `load_id` must be new for every
+    attempt (default: generated). Raises `MissingLandingDay` when the folder does not exist (with `missing_ok`, a
+    removed folder loads as empty, which deletes everything it contributed), `TooManyRejects` (after loading the
+    good records) when the rejected share exceeds `settings.max_reject_ratio`, `ReconciliationError` when
+    Elasticsearch's counts differ from what was loaded, `LoadError` for anything else that stops the load.
     """
     started = time.monotonic()
     load_id = load_id or new_load_id()
@@ -257,7 +260,8 @@ def load_landing_day(
     log.info("load %s of landing day %s: %d file(s) under %s (%s)", load_id, landing_day, len(files), root, way)
 
     folder_prefix = f"{landing_day.isoformat()}/"
-    rejects = _RejectsFile(settings.rejects_dir / landing_day.isoformat() / f"{load_id}.jsonl")
+    rejects_root = rejects_root if rejects_root is not None else landing_root(settings.rejects_location)
+    rejects = _RejectsFile(rejects_root / landing_day.isoformat() / f"{load_id}.jsonl")
     ensure_template(es, settings)  # before any index is created, and current even if the mapping changed
     try:
         with _LoadSettings(es) as tuned:
@@ -764,38 +768,49 @@ def _text(value: object) -> str | None:
 
 
 class _RejectsFile:
-    """The load's rejects as JSON lines, written to a temporary file and put in place whole (atomically).
+    """The load's rejects as JSON lines, put in place whole: a local file is written aside and renamed, an object
+    (`s3://…`) is spooled to a local temporary file and uploaded at the end.
 
     A file that cannot be written (a full or read-only disk) fails the load with its path, and leaves no
     temporary file behind.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: LandingPath) -> None:
         self.path = path
-        self.temporary = path.with_name(f".{path.name}.partial")
+        self.local = isinstance(path, Path)
+        self.temporary = path.with_name(f".{path.name}.partial") if self.local else None
         self.stream: IO[bytes] | None = None
 
     def write(self, reject: Reject) -> None:
         with self._naming_the_path():
             if self.stream is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
+                if self.temporary is None:
+                    self.stream = tempfile.TemporaryFile()  # noqa: SIM115 - closed by commit() or discard()
+                else:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
             self.stream.write(orjson.dumps(reject._asdict()) + b"\n")
 
-    def commit(self) -> Path | None:
-        """Put the file in place; None when nothing was rejected."""
+    def commit(self) -> str | None:
+        """Put the file in place; its path or URL, None when nothing was rejected."""
         if self.stream is None:
             return None
         with self._naming_the_path():
-            self.stream.flush()
-            os.fsync(self.stream.fileno())
-            self.stream.close()
-            os.replace(self.temporary, self.path)
-        self.stream = None  # only now: a commit that failed half way is discarded whole
-        return self.path
+            if self.temporary is None:
+                self.stream.seek(0)
+                self.path.parent.mkdir(parents=True, exist_ok=True)  # a file:// folder; nothing on object stores
+                with self.path.open("wb") as out:
+                    shutil.copyfileobj(self.stream, out)
+            else:
+                self.stream.flush()
+                os.fsync(self.stream.fileno())
+                self.stream.close()
+                os.replace(self.temporary, self.path)
+        self.discard()  # only now: a commit that failed half way is discarded whole
+        return str(self.path)
 
     def discard(self) -> None:
-        """Drop an unfinished file (the load failed before commit)."""
+        """Drop an unfinished file (the load failed before commit) or what is left of a finished one."""
         stream, self.stream = self.stream, None
         if stream is None:
             return
@@ -804,7 +819,8 @@ class _RejectsFile:
         except OSError:
             pass
         finally:
-            self.temporary.unlink(missing_ok=True)
+            if self.temporary is not None:
+                self.temporary.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _naming_the_path(self) -> Generator[None]:

@@ -67,14 +67,17 @@ def prepare_indexes(es: Elasticsearch, settings: Settings, plan: RunPlan) -> lis
     return indexes.create_indexes(es, settings, [day, day + dt.timedelta(days=1)])
 
 
-def load_day(es: Elasticsearch, settings: Settings, plan: RunPlan, landing: Any) -> LoadReport:
-    """Load the plan's landing folder (the loader logs its progress).
+def load_day(
+    es: Elasticsearch, settings: Settings, plan: RunPlan, landing: Any, rejects_root: Any = None
+) -> LoadReport:
+    """Load the plan's landing folder (the loader logs its progress); rejects go below `rejects_root` (default:
+    `settings.rejects_location`).
 
     Each attempt gets a fresh load id, so a retry after a cut-off load still ends exact. A full reload accepts a
     folder that is gone and removes everything it contributed; otherwise a missing folder fails.
     """
     day = dt.date.fromisoformat(plan.landing_day)
-    return load_landing_day(es, settings, day, landing=landing, missing_ok=plan.full_reload)
+    return load_landing_day(es, settings, day, landing=landing, missing_ok=plan.full_reload, rejects_root=rejects_root)
 
 
 def report_dict(report: LoadReport) -> dict[str, Any]:

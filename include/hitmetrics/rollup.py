@@ -172,7 +172,7 @@ hits_loads = Table(
     Column("read", BigInteger, nullable=False, comment="Records read."),
     Column("loaded", BigInteger, nullable=False, comment="Records written to Elasticsearch."),
     Column("rejected", BigInteger, nullable=False, comment="Records rejected as invalid."),
-    Column("rejects_file", Text, comment="File listing the rejected records with file, line and reason."),
+    Column("rejects_file", Text, comment="File or URL listing the rejected records with file, line and reason."),
     comment="One row per load run of a landing day.",
 )
 

@@ -253,8 +253,8 @@ def test_rejects_go_to_a_file_and_never_stop_good_records(es, settings, index_pr
     report = load_landing_day(es, settings, DAY, load_id="nightly-1")
 
     assert (report.read, report.loaded, report.rejected) == (201, 199, 2)
-    assert report.rejects_file == settings.data_dir / "rejects" / "2026-11-25" / "nightly-1.jsonl"
-    rejects = [orjson.loads(line) for line in report.rejects_file.read_bytes().splitlines()]
+    assert report.rejects_file == str(settings.data_dir / "rejects" / "2026-11-25" / "nightly-1.jsonl")
+    rejects = [orjson.loads(line) for line in Path(report.rejects_file).read_bytes().splitlines()]
     assert rejects == [
         {
             "source_file": "2026-11-25/a.jsonl",
@@ -272,7 +272,8 @@ def test_rejects_go_to_a_file_and_never_stop_good_records(es, settings, index_pr
     assert rejects[1]["reason"] == "not valid UTF-8"
     assert "rejected 2026-11-25/a.jsonl line 101: user_id -1 is outside 0..2147483647" in caplog.text
     assert len(stored(es, index_prefix)) == 199
-    assert list(report.rejects_file.parent.iterdir()) == [report.rejects_file]  # no temporary file left behind
+    path = Path(report.rejects_file)
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
 
 
 def test_too_many_rejects_fail_after_loading_the_good_records(es, settings, index_prefix):
@@ -283,7 +284,7 @@ def test_too_many_rejects_fail_after_loading_the_good_records(es, settings, inde
     assert (report.read, report.loaded, report.rejected) == (3, 1, 2)
     assert str(report.rejects_file) in str(caught.value)
     assert "2 of 3 records" in str(caught.value)
-    assert report.rejects_file.exists()
+    assert Path(report.rejects_file).exists()
     assert len(stored(es, index_prefix)) == 1
 
 
@@ -387,6 +388,18 @@ def test_a_landing_url(es, tmp_path, index_prefix):
     report = load_landing_day(es, settings, DAY)
     assert report.loaded == 1
     assert [d[5] for d in stored(es, index_prefix).values()] == ["2026-11-25/web/a.jsonl.gz"]
+
+
+def test_rejects_to_a_url(es, tmp_path, index_prefix):
+    settings = Settings(
+        data_dir=tmp_path, landing=str(tmp_path / "landing"), index_prefix=index_prefix,
+        rejects=f"memory://hits-rejects-{index_prefix}", max_reject_ratio=1,
+    )  # fmt: skip
+    write(settings, "a.jsonl", [hit(), hit(user_id=-1)])
+    report = load_landing_day(es, settings, DAY)
+    assert report.rejects_file == f"memory://hits-rejects-{index_prefix}/2026-11-25/{report.load_id}.jsonl"
+    assert orjson.loads(UPath(report.rejects_file).read_bytes())["line"] == 2
+    assert not (tmp_path / "rejects").exists()
 
 
 def test_a_load_id_must_be_safe(es, settings):

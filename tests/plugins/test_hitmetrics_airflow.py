@@ -42,10 +42,16 @@ def test_a_landing_url_loads_through_object_storage(es, index_prefix: str, tmp_p
     folder = tmp_path / "landing" / "2026-11-25"
     folder.mkdir(parents=True)
     folder.joinpath("a.jsonl").write_text(
-        '{"page": "/a", "datetime": "2026-11-25T10:00:00Z", "user_id": 1, "environment": "production"}\n'
+        '{"page": "/a", "datetime": "2026-11-25T10:00:00Z", "user_id": 1, "environment": "production"}\nbad\n'
     )
-    settings = Settings(data_dir=tmp_path / "data", landing=f"file://{tmp_path / 'landing'}", index_prefix=index_prefix)
-    landing = glue.landing_root(settings)
-    assert isinstance(landing, ObjectStoragePath)
-    report = load_landing_day(es, settings, dt.date(2026, 11, 25), landing=landing)
-    assert (report.read, report.loaded) == (1, 1)
+    settings = Settings(
+        data_dir=tmp_path / "data", landing=f"file://{tmp_path / 'landing'}", index_prefix=index_prefix,
+        rejects=f"file://{tmp_path / 'rejects-store'}", max_reject_ratio=1,
+    )  # fmt: skip
+    landing, rejects = glue.storage_root(settings.landing), glue.storage_root(settings.rejects_location)
+    assert isinstance(landing, ObjectStoragePath) and isinstance(rejects, ObjectStoragePath)
+    report = load_landing_day(es, settings, dt.date(2026, 11, 25), landing=landing, rejects_root=rejects)
+    assert (report.read, report.loaded, report.rejected) == (2, 1, 1)
+    assert report.rejects_file == f"file://{tmp_path}/rejects-store/2026-11-25/{report.load_id}.jsonl"
+    stored = tmp_path / "rejects-store" / "2026-11-25" / f"{report.load_id}.jsonl"
+    assert '"line":2' in stored.read_text()

@@ -1,0 +1,53 @@
+"""The nightly chain's task functions (`pipeline.py`) against the real node and rollup database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from sqlalchemy import select
+
+from hitmetrics import pipeline, rollup
+from hitmetrics.config import Settings
+from hitmetrics.ingest import landing_root
+
+DAY = dt.date(2026, 11, 25)
+
+
+def test_each_task_may_run_on_another_worker_with_a_data_folder_of_its_own(es, tmp_path, index_prefix):
+    """Tasks share no disk: each task of one run gets its own HITS_DATA_DIR, and the rollups are those of the hits."""
+    landing = tmp_path / "landing" / DAY.isoformat()
+    landing.mkdir(parents=True)
+    hits = [
+        {"page": f"/p{n % 3}", "datetime": f"2026-11-25T{n % 24:02}:{n % 60:02}:00Z", "user_id": n % 7,
+         "environment": ("production", "staging")[n % 2]}
+        for n in range(300)
+    ]  # fmt: skip
+    (landing / "a.jsonl").write_bytes(b"".join(orjson.dumps(h) + b"\n" for h in hits) + b"not json\n")
+    shared = {
+        "landing": str(tmp_path / "landing"),  # the shared landing store (an object store in production)
+        "rejects": f"memory://rejects-{index_prefix}",
+        "rollups_url": f"sqlite:///{tmp_path / 'shared' / 'rollups.sqlite'}",
+        "index_prefix": index_prefix,
+        "environments": ("production", "staging"),
+        "max_reject_ratio": 0.5,
+    }
+    worker = {task: Settings(data_dir=tmp_path / f"worker-{task}", **shared) for task in range(4)}
+
+    plan = pipeline.plan_run(worker[0], requested_day=DAY.isoformat(), run_after=dt.datetime.now(dt.UTC))
+    pipeline.prepare_indexes(es, worker[0], plan)
+    loaded = pipeline.load_day(es, worker[1], plan, landing_root(worker[1].landing))
+    report = pipeline.report_dict(loaded)
+    staged = pipeline.aggregate_partitions(es, worker[2], plan, report, worker[2].rollups_database_url)
+    summary = pipeline.publish_rollups(worker[3].rollups_database_url, staged, report)
+
+    assert (report["read"], report["loaded"], report["rejected"]) == (301, 300, 1)
+    assert sorted((s["environment"], s["hits"]) for s in summary) == [("production", 150), ("staging", 150)]
+    engine = rollup.engine_for(shared["rollups_url"])
+    with engine.connect() as conn:
+        rows = conn.execute(select(rollup.hits_by_page_daily)).all()
+    expected = Counter((h["environment"], h["page"]) for h in hits)
+    assert {(r.environment, r.page): r.hits for r in rows} == expected
+    assert not any(Path(tmp_path / f"worker-{task}").exists() for task in range(4))  # no task wrote to its disk
