@@ -2,9 +2,11 @@
 
     python -m tools.airflowlocal [--port 8080] [--home DIR] [--sample-day yesterday|YYYY-MM-DD]
 
-Airflow runs from the project's virtualenv (LocalExecutor, SQLite metadata, SimpleAuthManager) with its home in
-`$HITS_DATA_DIR/airflow`, on the local Elasticsearch node (started when `HITS_ES_URL` is the default and nothing
-answers there) and the SQLite rollup database. When the UI and the DAGs are up it prints where to log in and with
+Airflow runs from the project's virtualenv (LocalExecutor, SimpleAuthManager) with its home in
+`$HITS_DATA_DIR/airflow` and its metadata in a PostgreSQL of its own (`$HITS_DATA_DIR/postgres`, database
+`airflow`; SQLite cannot take the writes of several Airflow processes at once), on the local Elasticsearch node
+(on `HITS_ES_PORT`, started when `HITS_ES_URL` is unset and nothing answers there) and the SQLite rollup
+database. When the UI and the DAGs are up it prints where to log in and with
 what; Ctrl-C stops it. `start` / `stop` are the same steps for the end-to-end tests.
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools import esnode
+from tools import esnode, pgserver
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8080
@@ -63,8 +65,27 @@ def default_home() -> Path:
     return Path(os.environ.get("HITS_DATA_DIR") or REPO / ".data") / "airflow"
 
 
-def airflow_environment(home: Path, port: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: this process's environment) with what standalone needs to serve hitmetrics on `port`."""
+def parallelism() -> int:
+    """Task processes for the LocalExecutor: twice the cores (Airflow's default of 32 would take GBs for nothing)."""
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+def metadata_database(data_dir: Path) -> str:
+    """Airflow's metadata database `airflow` in a PostgreSQL cluster under `data_dir`, started (or found running)
+    and kept between starts; returns its SQLAlchemy URL (psycopg 3)."""
+    return psycopg_url(pgserver.start(data_dir, database="airflow", fresh=False))
+
+
+def psycopg_url(url: str) -> str:
+    """A `postgresql://` URL for SQLAlchemy with psycopg 3, the driver hitmetrics installs."""
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+
+
+def airflow_environment(
+    home: Path, port: int, base: Mapping[str, str] | None = None, database_url: str | None = None
+) -> dict[str, str]:
+    """`base` (default: this process's environment) with what standalone needs to serve hitmetrics on `port`,
+    its metadata in `database_url` unless `base` chose a database."""
     env = dict(os.environ if base is None else base)
     env.update(
         AIRFLOW_HOME=str(home),
@@ -78,9 +99,13 @@ def airflow_environment(home: Path, port: int, base: Mapping[str, str] | None = 
         # Tasks report to the execution API; its default URL assumes port 8080.
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
     )
-    # Standalone's SQLite (unless the caller chose a database) is shared by every component and the CLI: wait for
-    # a busy writer (sqlite3's default is 5 s) rather than fail with "database is locked" on a loaded machine.
-    env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db?timeout=60")
+    env.setdefault("AIRFLOW__CORE__PARALLELISM", str(parallelism()))
+    # Without a database, standalone's SQLite, shared by every component and the CLI: it waits for a busy writer
+    # (sqlite3's default is 5 s) rather than fail with "database is locked", but only PostgreSQL takes the load.
+    env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", database_url or f"sqlite:///{home}/airflow.db?timeout=60")
+    chosen = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    if chosen.startswith("postgresql+psycopg://"):  # Airflow would derive an asyncpg URL, a driver not installed
+        env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", chosen)
     return env
 
 
@@ -198,20 +223,22 @@ def stop(airflow: LocalAirflow) -> None:
     _stop_group(airflow.process)
 
 
-def ensure_elasticsearch(es_url: str) -> str:
-    """Where hitmetrics will find Elasticsearch; starts the local node when `es_url` is the default and idle."""
-    from hitmetrics.config import DEFAULT_ES_URL
-
+def ensure_elasticsearch(es_url: str | None = None) -> str:
+    """Where hitmetrics will find Elasticsearch: the `hits_elasticsearch` connection, `es_url` (default
+    `HITS_ES_URL`), or else the local node on `HITS_ES_PORT` (default 9200), started when nothing answers there."""
     if os.environ.get("AIRFLOW_CONN_HITS_ELASTICSEARCH"):
         return "the hits_elasticsearch connection"
+    port = int(os.environ.get("HITS_ES_PORT") or esnode.DEFAULT_PORT)
+    local = f"http://127.0.0.1:{port}"
+    es_url = (es_url or os.environ.get("HITS_ES_URL") or local).rstrip("/")
     try:
         request(es_url, timeout=3)
         return es_url
     except (OSError, ValueError):
         pass
-    if es_url.rstrip("/") != DEFAULT_ES_URL:
+    if es_url != local:
         raise AirflowError(f"nothing answers at HITS_ES_URL={es_url}: start that cluster, or unset HITS_ES_URL")
-    return esnode.start().url
+    return esnode.start(port=port).url
 
 
 def _sample_day(value: str, timezone: str) -> dt.date:
@@ -236,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    postgres = None
     try:
         settings = load_settings()
-        elasticsearch = ensure_elasticsearch(settings.es_url)
+        elasticsearch = ensure_elasticsearch()
         if args.sample_day:
             day = _sample_day(args.sample_day, settings.timezone).isoformat()
             if not (Path(settings.landing) / day).exists():
@@ -246,12 +274,22 @@ def main(argv: list[str] | None = None) -> int:
 
                 sample.main(["--day", day])
         home = (args.home or default_home()).resolve()
+        base = dict(os.environ)
+        if "://" in elasticsearch:
+            base["HITS_ES_URL"] = elasticsearch  # the tasks use the node found or started here
+        database = None
+        if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in base:
+            postgres = (settings.data_dir / "postgres").resolve()
+            print(f"Starting PostgreSQL for Airflow's metadata (data: {postgres}) ...", flush=True)
+            database = metadata_database(postgres)
         print(f"Starting Airflow (log: {home / LOG_FILE}) ...", flush=True)
-        airflow = start(home, args.port)
+        airflow = start(home, args.port, airflow_environment(home, args.port, base, database))
     except (AirflowError, esnode.NodeError, ConfigError, ValueError) as error:
+        _stop_postgres(postgres)
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _stop_postgres(postgres)
         return 130
     rollups = settings.rollups_database_url
     if os.environ.get("AIRFLOW_CONN_HITS_ROLLUPS"):
@@ -262,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         f" (kept in {home / PASSWORD_FILE})\n"
         f"  DAGs: {', '.join(DAG_IDS)}: open hits_nightly, Trigger, choose the landing day and environments\n"
         f"  Elasticsearch: {elasticsearch}\n  rollups: {rollups}\n  landing: {settings.landing}\n"
-        "Ctrl-C stops Airflow; the Elasticsearch node keeps running (make node-stop).",
+        f"  metadata: {'PostgreSQL in ' + str(postgres) if postgres else 'your AIRFLOW__DATABASE__SQL_ALCHEMY_CONN'}\n"
+        "Ctrl-C stops Airflow and its PostgreSQL; the Elasticsearch node keeps running (make node-stop).",
         flush=True,
     )
     try:
@@ -271,6 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         print("Stopping Airflow ...", flush=True)
         stop(airflow)
         return 0
+    finally:
+        _stop_postgres(postgres)
+
+
+def _stop_postgres(data_dir: Path | None) -> None:
+    """Stop the metadata PostgreSQL this command started (its data stays for the next start)."""
+    if data_dir is not None:
+        with contextlib.suppress(esnode.NodeError):
+            pgserver.stop(data_dir)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import airflowlocal, esnode
+from tools import airflowlocal, esnode, pgserver
 from tools.testing import service_missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,13 +128,15 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="module")  # stopped as soon as the module's tests are done, not at the session's end
-def local_airflow(es, es_url: str, tmp_path_factory, artifacts: Path) -> Iterator[RunningAirflow]:
-    """`airflow standalone` with hitmetrics' DAGs, a sample landing day, and an index prefix of its own."""
+def local_airflow(es, es_url: str, postgres_url: str, tmp_path_factory, artifacts: Path) -> Iterator[RunningAirflow]:
+    """`airflow standalone` with hitmetrics' DAGs, a sample landing day, an index prefix of its own and its metadata
+    in a PostgreSQL database of its own (as `make airflow` keeps it)."""
     root = tmp_path_factory.mktemp("airflow-e2e")
     data_dir, landing, home = root / "data", root / "data" / "landing", root / "airflow-home"
     prefix = f"e2e{uuid.uuid4().hex[:10]}"
     port = esnode.free_port()
-    env = airflowlocal.airflow_environment(home, port, base=hermetic_environment())
+    metadata = airflowlocal.psycopg_url(pgserver.create_database(postgres_url, f"airflow_{prefix}"))
+    env = airflowlocal.airflow_environment(home, port, base=hermetic_environment(), database_url=metadata)
     env.update(
         HITS_DATA_DIR=str(data_dir),
         HITS_LANDING=str(landing),

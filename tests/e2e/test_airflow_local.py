@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -148,7 +150,11 @@ def forget_partition(database_url: str, day: str) -> None:
 def test_readme_command_prints_where_to_log_in(es_url: str, tmp_path: Path, hermetic_env: dict[str, str]) -> None:
     """`python -m tools.airflowlocal` (make airflow): sample day, login banner, working credentials, clean Ctrl-C."""
     port, home, output = esnode.free_port(), tmp_path / "airflow-home", tmp_path / "output.txt"
-    env = {**hermetic_env, "HITS_DATA_DIR": str(tmp_path / "data"), "HITS_ES_URL": es_url}
+    # Under /tmp directly: the metadata PostgreSQL runs as `postgres`, which cannot enter pytest's private folders.
+    data_dir = Path(tempfile.mkdtemp(prefix="hitmetrics-airflowlocal-"))
+    data_dir.chmod(0o755)
+    env = {**hermetic_env, "HITS_DATA_DIR": str(data_dir), "HITS_ES_URL": es_url}
+    env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
     with open(output, "w") as sink:
         command = subprocess.Popen(
             [sys.executable, "-m", "tools.airflowlocal", "--port", str(port), "--home", str(home),
@@ -165,7 +171,8 @@ def test_readme_command_prints_where_to_log_in(es_url: str, tmp_path: Path, herm
         password = airflowlocal.generated_password(home)
         assert f"Airflow is ready at {url}" in printed, printed
         assert f"log in as admin with password {password}" in printed
-        assert (tmp_path / "data" / "landing" / "2026-11-21").is_dir()
+        assert (data_dir / "landing" / "2026-11-21").is_dir()
+        assert f"metadata: PostgreSQL in {data_dir / 'postgres'}" in printed
         token = airflowlocal.access_token(url, "admin", password)
         dags = airflowlocal.request(f"{url}/api/v2/dags?tags=hitmetrics", token=token)["dags"]
         assert {dag["dag_id"] for dag in dags} >= set(airflowlocal.DAG_IDS)
@@ -174,3 +181,5 @@ def test_readme_command_prints_where_to_log_in(es_url: str, tmp_path: Path, herm
         assert command.wait(timeout=60) == 0, output.read_text()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=3)
+    assert not (data_dir / "postgres" / "cluster" / "postmaster.pid").exists()  # its PostgreSQL stopped too
+    shutil.rmtree(data_dir, ignore_errors=True)

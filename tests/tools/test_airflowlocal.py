@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from tools import airflowlocal, esnode
+from tools import airflowlocal, esnode, pgserver
 
 
 def test_environment_serves_the_project_dags_on_the_chosen_port(tmp_path: Path) -> None:
@@ -27,8 +31,44 @@ def test_environment_serves_the_project_dags_on_the_chosen_port(tmp_path: Path) 
 
 def test_a_database_the_caller_chose_is_kept(tmp_path: Path) -> None:
     chosen = "postgresql+psycopg2://airflow@127.0.0.1:5432/airflow"
-    env = airflowlocal.airflow_environment(tmp_path, 18123, base={"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": chosen})
+    base = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": chosen}
+    env = airflowlocal.airflow_environment(tmp_path, 18123, base=base, database_url="postgresql+psycopg://x/y")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == chosen
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC" not in env
+
+
+def test_the_metadata_database_and_the_executor_fit_the_machine(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:5999/airflow"
+    env = airflowlocal.airflow_environment(tmp_path, 18123, base={}, database_url=url)
+    # psycopg 3 for the async engine too: Airflow would otherwise derive an asyncpg URL, a driver not installed.
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] == url
+    assert env["AIRFLOW__CORE__PARALLELISM"] == str(2 * os.cpu_count())  # not Airflow's 32 task processes
+
+
+def test_the_metadata_postgresql_is_kept_between_starts() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="hitmetrics-metadata-"))  # the server user cannot enter pytest's
+    try:
+        first = airflowlocal.metadata_database(data_dir)
+        assert first.startswith("postgresql+psycopg://postgres@127.0.0.1:") and first.endswith("/airflow")
+        engine = sa.create_engine(first)
+        with engine.begin() as db:
+            db.execute(sa.text("CREATE TABLE kept (n int)"))
+        engine.dispose()
+        assert airflowlocal.metadata_database(data_dir) == first  # running: found, not made anew
+        pgserver.stop(data_dir)
+        again = sa.create_engine(airflowlocal.metadata_database(data_dir))
+        assert sa.inspect(again).has_table("kept")
+        again.dispose()
+    finally:
+        pgserver.stop(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_the_local_node_follows_hits_es_port(es_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_HITS_ELASTICSEARCH", raising=False)
+    monkeypatch.delenv("HITS_ES_URL", raising=False)
+    monkeypatch.setenv("HITS_ES_PORT", es_url.rsplit(":", 1)[1])  # a node answers there: it is used, none started
+    assert airflowlocal.ensure_elasticsearch() == es_url
 
 
 def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
