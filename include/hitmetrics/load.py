@@ -19,24 +19,19 @@ when it fails.
 from __future__ import annotations
 
 import base64
-import contextlib
 import ctypes
 import datetime as dt
 import hashlib
 import io
 import logging
-import os
 import re
 import secrets
-import shutil
-import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import msgspec
 import orjson
@@ -56,6 +51,7 @@ from hitmetrics.ingest import (
     parse_batches,
 )
 from hitmetrics.model import Hit
+from hitmetrics.rejects import RejectsError, RejectsFile
 
 try:
     from hitmetrics import _fastpath
@@ -261,12 +257,14 @@ def load_landing_day(
 
     folder_prefix = f"{landing_day.isoformat()}/"
     rejects_root = rejects_root if rejects_root is not None else landing_root(settings.rejects_location)
-    rejects = _RejectsFile(rejects_root / landing_day.isoformat() / f"{load_id}.jsonl")
+    rejects = RejectsFile(rejects_root / landing_day.isoformat() / f"{load_id}.jsonl")
     ensure_template(es, settings)  # before any index is created, and current even if the mapping changed
     try:
         with _LoadSettings(es) as tuned:
             written = _write_documents(es, settings, files, load_id, report, rejects, started, progress, tuned)
         report.rejects_file = rejects.commit()
+    except RejectsError as error:
+        raise LoadError(str(error)) from error
     finally:
         rejects.discard()
     assert report.read == report.loaded + report.rejected, report
@@ -299,7 +297,7 @@ def _write_documents(
     files: list[LandingFile],
     load_id: str,
     report: LoadReport,
-    rejects: _RejectsFile,
+    rejects: RejectsFile,
     started: float,
     progress: Callable[[LoadProgress], None] | None,
     tuned: _LoadSettings,
@@ -765,69 +763,3 @@ class _LoadSettings:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value).lower()
-
-
-class _RejectsFile:
-    """The load's rejects as JSON lines, put in place whole: a local file is written aside and renamed, an object
-    (`s3://…`) is spooled to a local temporary file and uploaded at the end.
-
-    A file that cannot be written (a full or read-only disk) fails the load with its path, and leaves no
-    temporary file behind.
-    """
-
-    def __init__(self, path: LandingPath) -> None:
-        self.path = path
-        self.local = isinstance(path, Path)
-        self.temporary = path.with_name(f".{path.name}.partial") if self.local else None
-        self.stream: IO[bytes] | None = None
-
-    def write(self, reject: Reject) -> None:
-        with self._naming_the_path():
-            if self.stream is None:
-                if self.temporary is None:
-                    self.stream = tempfile.TemporaryFile()  # noqa: SIM115 - closed by commit() or discard()
-                else:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
-            self.stream.write(orjson.dumps(reject._asdict()) + b"\n")
-
-    def commit(self) -> str | None:
-        """Put the file in place; its path or URL, None when nothing was rejected."""
-        if self.stream is None:
-            return None
-        with self._naming_the_path():
-            if self.temporary is None:
-                self.stream.seek(0)
-                self.path.parent.mkdir(parents=True, exist_ok=True)  # a file:// folder; nothing on object stores
-                with self.path.open("wb") as out:
-                    shutil.copyfileobj(self.stream, out)
-            else:
-                self.stream.flush()
-                os.fsync(self.stream.fileno())
-                self.stream.close()
-                os.replace(self.temporary, self.path)
-        self.discard()  # only now: a commit that failed half way is discarded whole
-        return str(self.path)
-
-    def discard(self) -> None:
-        """Drop an unfinished file (the load failed before commit) or what is left of a finished one."""
-        stream, self.stream = self.stream, None
-        if stream is None:
-            return
-        try:
-            stream.close()  # may fail to flush on a full disk: the file goes all the same
-        except OSError:
-            pass
-        finally:
-            if self.temporary is not None:
-                self.temporary.unlink(missing_ok=True)
-
-    @contextlib.contextmanager
-    def _naming_the_path(self) -> Generator[None]:
-        try:
-            yield
-        except OSError as error:
-            raise LoadError(
-                f"cannot write the rejects file {self.path}: {error.strerror or error}; "
-                "free the space or fix the permissions, then run the load again"
-            ) from error

@@ -8,6 +8,7 @@ import pytest
 from upath import UPath
 
 from hitmetrics import ingest
+from hitmetrics.gunzip import Gunzip
 from hitmetrics.ingest import (
     LandingFile,
     MissingLandingDay,
@@ -197,7 +198,7 @@ def test_corrupt_gzip_data_keeps_the_lines_before_it(tmp_path):
 def test_a_gzip_bomb_is_read_a_block_at_a_time(tmp_path):
     path = tmp_path / "b.jsonl.gz"
     path.write_bytes(gzip.compress(b" " * (64 << 20)))  # 64 MiB of blanks in 64 KB
-    stream = ingest._Gunzip(path.open("rb"))
+    stream = Gunzip(path.open("rb"))
     sizes = set()
     while block := stream.read(ingest.BLOCK_BYTES):
         sizes.add(len(block))

@@ -7,9 +7,6 @@ import sys
 
 import pytest
 
-from hitmetrics import load
-from hitmetrics.ingest import Reject
-
 # Allocates an 8 MB body, frees it, allocates another and prints whether glibc served that one with mmap.
 _SECOND_BODY_MMAPPED = """
 import ctypes, sys
@@ -38,27 +35,3 @@ def test_every_body_is_mmapped_once_the_threshold_is_fixed(threshold: str, mmapp
         [sys.executable, "-c", _SECOND_BODY_MMAPPED, threshold], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == mmapped
-
-
-def test_a_full_rejects_disk_names_the_file_and_leaves_nothing_behind(tmp_path, monkeypatch):
-    rejects = load._RejectsFile(tmp_path / "rejects" / "load.jsonl")
-    real_open = open
-
-    def full_disk(path, mode):  # the temporary file is made, and every write to it fails as on a full disk
-        real_open(path, mode).close()
-        return real_open("/dev/full", mode, buffering=0)
-
-    monkeypatch.setattr(load, "open", full_disk, raising=False)
-    with pytest.raises(load.LoadError) as caught:
-        rejects.write(Reject("2026-11-25/a.jsonl", 3, "bad", "{"))
-    assert str(caught.value).startswith(f"cannot write the rejects file {rejects.path}: No space left on device")
-    rejects.discard()
-    assert list((tmp_path / "rejects").iterdir()) == []
-
-
-def test_an_unwritable_rejects_folder_names_the_file(tmp_path):
-    (tmp_path / "rejects").write_text("a file where the folder should be")
-    rejects = load._RejectsFile(tmp_path / "rejects" / "2026-11-25" / "load.jsonl")
-    with pytest.raises(load.LoadError, match="cannot write the rejects file .*/rejects/2026-11-25/load.jsonl"):
-        rejects.write(Reject("2026-11-25/a.jsonl", 3, "bad", "{"))
-    rejects.discard()
