@@ -158,11 +158,8 @@ def delete_expired_indexes(es: Elasticsearch, settings: Settings, today: dt.date
     if settings.retention_days is None:
         return []
     oldest_kept = today - dt.timedelta(days=settings.retention_days)
-    expired = sorted(
-        name
-        for name, (day, environment) in hit_indexes(es, settings.index_prefix).items()
-        if day < oldest_kept and environment in settings.environments
-    )
+    found = hit_indexes(es, settings.index_prefix)
+    expired = sorted(name for name, (day, _) in found.items() if day < oldest_kept and is_own_index(settings, name))
     for start in range(0, len(expired), _NAMES_PER_REQUEST):
         es.indices.delete(index=",".join(expired[start : start + _NAMES_PER_REQUEST]))
     if expired:

@@ -707,7 +707,7 @@ def _by_partition(prefix: str, per_index: Mapping[str, int]) -> dict[Partition, 
     partitions: dict[Partition, int] = {}
     for name, count in sorted(per_index.items()):
         partition = parse_index_name(prefix, name)
-        if partition is None:  # only reachable through an alias pointing at a foreign index
+        if partition is None:  # never reached while the sweep keeps to our own indexes: a guard, not a path
             raise LoadError(f"index {name} behind alias {prefix} is not a daily hit index")
         partitions[partition] = count
     return partitions

@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from elasticsearch import Elasticsearch
@@ -84,7 +83,7 @@ def report_dict(report: LoadReport) -> dict[str, Any]:
     """A load report as JSON-friendly values, for XCom and the `hits_loads` table."""
     values = asdict(report)
     values["partitions"] = [[day.isoformat(), env, count] for (day, env), count in report.partitions.items()]
-    return {key: str(value) if isinstance(value, dt.date | Path) else value for key, value in values.items()}
+    return {key: str(value) if isinstance(value, dt.date) else value for key, value in values.items()}
 
 
 def record_failed_load(database_url: str, report: LoadReport) -> None:

@@ -29,8 +29,8 @@ class RejectsFile:
 
     def __init__(self, path: LandingPath) -> None:
         self.path = path
-        self.local = isinstance(path, Path)
-        self.temporary = path.with_name(f".{path.name}.partial") if self.local else None
+        # A local file is written aside and renamed; None: an object, spooled and uploaded at commit.
+        self.temporary = path.with_name(f".{path.name}.partial") if isinstance(path, Path) else None
         self.stream: IO[bytes] | None = None
 
     def write(self, reject: Reject) -> None:
