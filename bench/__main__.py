@@ -19,7 +19,7 @@ from typing import Any
 from elasticsearch import Elasticsearch
 
 from bench import stages
-from hitmetrics import load
+from hitmetrics import bulk
 from hitmetrics.config import Settings
 from hitmetrics.sample import generate_day
 from tools import esnode
@@ -108,7 +108,7 @@ def run(es: Elasticsearch, url: str, work: Path, hits: int, prefix: str, *, roll
         # The bodies name this index in their action lines, as the loader's name theirs.
         stages.create_plain_index(es, settings, f"{prefix}-ceiling", tuned=True)
         try:
-            return stages.ceiling(es, url, sent, f"{prefix}-ceiling", clients=load.BULK_THREADS)
+            return stages.ceiling(es, url, sent, f"{prefix}-ceiling", clients=bulk.BULK_THREADS)
         finally:
             es.indices.delete(index=f"{prefix}-ceiling")
 

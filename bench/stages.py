@@ -27,7 +27,7 @@ import orjson
 import pandas as pd
 from elasticsearch import Elasticsearch, helpers
 
-from hitmetrics import aggregate, load, pipeline
+from hitmetrics import aggregate, bulk, load, pipeline
 from hitmetrics.config import Settings
 from hitmetrics.indexes import index_template
 from hitmetrics.ingest import Reject, find_day_files, landing_root, parse_file
@@ -59,7 +59,7 @@ class Bodies:
 
 
 def build_bodies(settings: Settings, day: dt.date, index: str, path: Path) -> Bodies:
-    """The landing day's good records as the loader's documents and ids, in bulk bodies of `load.CHUNK_BYTES`."""
+    """The landing day's good records as the loader's documents and ids, in bulk bodies of `bulk.CHUNK_BYTES`."""
     files, _ = find_day_files(landing_root(settings.landing), day)
     environments = frozenset(settings.environments)
     spans: list[tuple[int, int, int]] = []
@@ -85,7 +85,7 @@ def build_bodies(settings: Settings, day: dt.date, index: str, path: Path) -> Bo
                 encode_into(source, body, -1)
                 body += b"\n"
                 docs += 1
-                if len(body) >= load.CHUNK_BYTES:
+                if len(body) >= bulk.CHUNK_BYTES:
                     flush()
         flush()
     return Bodies(path, spans)
@@ -130,7 +130,7 @@ def ceiling(es: Elasticsearch, es_url: str, bodies: Bodies, index: str, clients:
     seconds = time.perf_counter() - started
     if failures:
         raise RuntimeError(f"the ceiling run had {len(failures)} failed request(s); first: {failures[0]}")
-    return _rate(bodies.docs, seconds) | {"clients": clients, "body_bytes": load.CHUNK_BYTES}
+    return _rate(bodies.docs, seconds) | {"clients": clients, "body_bytes": bulk.CHUNK_BYTES}
 
 
 def naive(es: Elasticsearch, bodies: Bodies, index: str) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 Loads one landing day of page-hit logs into the daily environment indexes, aggregates every touched
 (day, environment) in 30-minute buckets in Elasticsearch, and publishes the rollup tables that BI reads.
 
-**Stages**: `create_indexes` → `load_hits` → `aggregate_30m` → `write_rollups`.
+**Stages**: `create_indexes` → `plan_load` → `load_shard` (one mapped task per shard of the landing folder, about
+`HITS_SHARD_MB` of files each; a shard retries alone) → `finish_load` → `aggregate_30m` → `write_rollups`.
 
 **Trigger with parameters** (Trigger DAG → advanced):
 - `day`: the landing folder `<HITS_LANDING>/<day>/` to load; empty means the local day before the run.
@@ -15,7 +16,7 @@ Loads one landing day of page-hit logs into the daily environment indexes, aggre
 
 Every load replaces exactly what the folder contributes (corrected and removed files included): re-running a
 day, a backfill (`airflow backfill create --dag-id hits_nightly ...`) or a retry always ends with exactly the
-folder's records in Elasticsearch. Too many rejected records fail `load_hits` after the good ones are
+folder's records in Elasticsearch. Too many rejected records fail `finish_load` after the good ones are
 loaded, naming the rejects file. Connections: `hits_elasticsearch`, `hits_rollups`.
 """
 
@@ -77,9 +78,38 @@ def hits_nightly():
         pipeline.prepare_indexes(elasticsearch_client(settings), settings, plan)
         return asdict(plan)
 
+    @task
+    def plan_load(plan: dict) -> list[dict]:
+        """List the landing folder and split its files into shards of about `HITS_SHARD_MB`."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from hitmetrics import pipeline
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import storage_root
+
+        settings = load_settings()
+        try:
+            return pipeline.plan_load(settings, pipeline.RunPlan(**plan), storage_root(settings.landing))
+        except pipeline.UnreadableLandingEntries as error:  # a named pipe or a dangling link stays what it is
+            raise AirflowFailException(str(error)) from error
+
+    @task(multiple_outputs=False, map_index_template="{{ shard_label }}")
+    def load_shard(shard: dict) -> dict:
+        """Parse, validate and bulk-load one shard's files; a retry loads the shard again alone."""
+        get_current_context()["shard_label"] = f"shard {shard['number'] + 1} of {shard['count']}"  # the UI's name
+
+        from hitmetrics import pipeline
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import elasticsearch_client, storage_root
+
+        settings = load_settings()
+        landing, rejects = storage_root(settings.landing), storage_root(settings.rejects_location)
+        return pipeline.load_shard(elasticsearch_client(settings), settings, shard, landing, rejects)
+
     @task(multiple_outputs=False)
-    def load_hits(plan: dict) -> dict:
-        """Parse, validate and bulk-load the landing folder; rejects go to the rejects file."""
+    def finish_load(shards: list[dict], shard_reports: list[dict]) -> dict:
+        """Restore the index settings, merge the rejects, sweep what the folder no longer contributes, reconcile
+        the counts and report the day."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from hitmetrics import pipeline
@@ -87,15 +117,12 @@ def hits_nightly():
         from hitmetrics_airflow import elasticsearch_client, rollups_url, storage_root
 
         settings = load_settings()
-        run = pipeline.RunPlan(**plan)
+        es, rejects = elasticsearch_client(settings), storage_root(settings.rejects_location)
         try:
-            landing, rejects = storage_root(settings.landing), storage_root(settings.rejects_location)
-            report = pipeline.load_day(elasticsearch_client(settings), settings, run, landing, rejects)
+            report = pipeline.finish_load(es, settings, list(shards), list(shard_reports), rejects)
         except pipeline.TooManyRejects as error:
-            # The good records are loaded; a retry would load the same folder and fail the same way.
+            # The good records are loaded; a retry would find the same rejects and fail the same way.
             pipeline.record_failed_load(rollups_url(settings), error.report)
-            raise AirflowFailException(str(error)) from error
-        except pipeline.UnreadableLandingEntries as error:  # a named pipe or a dangling link stays what it is
             raise AirflowFailException(str(error)) from error
         return pipeline.report_dict(report)
 
@@ -122,7 +149,8 @@ def hits_nightly():
         return pipeline.publish_rollups(rollups_url(load_settings()), staged, load_report)
 
     plan = create_indexes()
-    report = load_hits(plan)
+    shards = plan_load(plan)
+    report = finish_load(shards, load_shard.expand(shard=shards))
     write_rollups(aggregate_30m(plan, report), report)
 
 

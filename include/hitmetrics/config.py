@@ -20,6 +20,7 @@ DEFAULT_ES_URL = "http://127.0.0.1:9200"
 # applied with fullmatch: `$` alone would let a trailing newline through.
 ENVIRONMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 INDEX_PREFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+REPLICAS = re.compile(r"\d{1,2}|\d{1,2}-(\d{1,2}|all)")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,8 @@ class Settings:
     es_url: str = DEFAULT_ES_URL
     rollups_url: str = field(default="")
     rejects: str = ""  # a folder or object-storage URL; empty: $HITS_DATA_DIR/rejects
+    replicas: str = "0-1"  # per daily index: a count, or a range fitted to the nodes there are
+    shard_mb: float = 1024  # a day's load is fanned out in shards of about this many MiB of files
 
     def __post_init__(self) -> None:
         for env in self.environments:
@@ -63,6 +66,10 @@ class Settings:
             raise ConfigError("HITS_RETENTION_DAYS: must be a whole number of days, at least 1")
         if not 0 <= self.max_reject_ratio <= 1:
             raise ConfigError("HITS_MAX_REJECT_RATIO: must be between 0 and 1")
+        if not REPLICAS.fullmatch(self.replicas):
+            raise ConfigError(f"HITS_ES_REPLICAS: {self.replicas!r} is not a count (1) or a range (0-1, 1-all)")
+        if not 0 < self.shard_mb < float("inf"):
+            raise ConfigError("HITS_SHARD_MB: must be a number of MiB above 0, e.g. 512 or 0.5")
 
     @property
     def tz(self) -> ZoneInfo:
@@ -109,4 +116,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         es_url=env.get("HITS_ES_URL") or DEFAULT_ES_URL,
         rollups_url=env.get("HITS_ROLLUPS_URL", ""),
         rejects=env.get("HITS_REJECTS", ""),
+        replicas=env.get("HITS_ES_REPLICAS", "").strip() or Settings.replicas,
+        shard_mb=number("HITS_SHARD_MB", float, Settings.shard_mb),  # type: ignore[arg-type]
     )

@@ -58,6 +58,19 @@ def template_name(prefix: str) -> str:
     return f"{prefix}-hits-template"
 
 
+def index_settings(settings: Settings) -> dict[str, Any]:
+    """The daily indexes' settings: `Hit`'s, with the replicas of `HITS_ES_REPLICAS` (a count, or a range such as
+    the default `0-1`, which Elasticsearch fits to the nodes there are)."""
+    values = dict(Hit._index.to_dict()["settings"])
+    values.pop("number_of_replicas", None)
+    if "-" in settings.replicas:
+        values["auto_expand_replicas"] = settings.replicas
+    else:
+        values["auto_expand_replicas"] = "false"
+        values["number_of_replicas"] = int(settings.replicas)
+    return values
+
+
 def index_template(settings: Settings) -> dict[str, Any]:
     """The composable index template body for `settings.index_prefix`, derived from the `Hit` document.
 
@@ -71,7 +84,7 @@ def index_template(settings: Settings) -> dict[str, Any]:
         "index_patterns": [f"{prefix}-*.*.*-{environment}" for environment in settings.environments],
         # Overlapping patterns need distinct priorities (`hits-*` also matches `hits-eu-*`): the longer prefix wins.
         "priority": 100 + len(prefix),
-        "template": {"settings": body["settings"], "mappings": body["mappings"]},
+        "template": {"settings": index_settings(settings), "mappings": body["mappings"]},
         "_meta": {"managed_by": "hitmetrics", "description": "daily environment hit indexes"},
     }
 

@@ -1,19 +1,24 @@
 """Load a landing day into the daily environment indexes: exact on every re-run, full reload, reconciliation.
 
-A load of landing folder D writes every good record under a deterministic `_id` (source file, line) with a fresh
-`load_id`, then deletes the documents whose `source_file` is under `D/` and whose `load_id` differs: what the
-folder no longer contributes, in whichever day's index it went. Re-runs, retries after a load cut off half way
-and reloads of corrected folders all end with exactly the folder's current good records. Only server-core APIs
-are used (bulk, point in time, search_after, count), no `_delete_by_query`.
+A load of landing folder D writes every good record under a deterministic `_id` (source file, line) with the
+`load_id` of the attempt that wrote it, then deletes the documents whose `source_file` is under `D/` and whose
+`load_id` is none of the load's: what the folder no longer contributes, in whichever day's index it went. Re-runs,
+retries after a load cut off half way and reloads of corrected folders all end with exactly the folder's current
+good records. Only server-core APIs are used (bulk, point in time, search_after, count), no `_delete_by_query`.
+
+A load can be fanned out (the DAG does, over workers): `plan_load` splits the folder's files into shards of about
+`HITS_SHARD_MB`, `load_shard` writes one shard (a retried shard writes again, under a new attempt id), and
+`finish_load`, given every shard's report, restores the index settings, merges the rejects files, sweeps,
+reconciles and reports the day. `load_landing_day` does all three in one process.
 
 Speed: the usual records are parsed, checked and written onto the bulk bodies in C (`_fastpath.c`, built by
 `pip install -e .`), byte for byte as the Python way writes them. The Python way does the rest (all of it where the
 extension is not built): records parsed and checked mostly in C (msgspec, see `ingest.py`), each `_source` encoded
-by msgspec and written onto the end of its bulk body (the action line from a template). Bodies are sized by bytes, with
-several requests in flight while the next body is parsed; a request is answered only with whether anything
-failed. Indexes are created and tuned in the background while records are parsed. While a load writes, its
-indexes have refresh off and no replicas; their previous settings come back when the write phase ends, also
-when it fails.
+by msgspec and written onto the end of its bulk body (the action line from a template). Bodies are sized by bytes,
+with several requests in flight while the next body is parsed (`bulk.py`). Indexes are created and tuned in the
+background while records are parsed. While a load writes, its indexes do not refresh; their previous settings come
+back when the load finishes, and when a shard fails. Replicas stay on: on a cluster, a node lost mid-load loses
+nothing that was acknowledged.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import base64
 import ctypes
 import datetime as dt
 import hashlib
+import heapq
 import io
 import logging
 import re
 import secrets
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,8 +44,16 @@ import orjson
 from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch
 from elasticsearch import ConnectionError as ESConnectionError
 
+from hitmetrics.bulk import CHUNK_BYTES, CHUNK_DOCS, Action, Chunk, LoadError, chunks_of, describe, send_chunks
 from hitmetrics.config import Settings
-from hitmetrics.indexes import create_index, ensure_template, foreign_behind_alias, index_name, parse_index_name
+from hitmetrics.indexes import (
+    create_index,
+    ensure_template,
+    foreign_behind_alias,
+    index_name,
+    index_settings,
+    parse_index_name,
+)
 from hitmetrics.ingest import (
     FastPath,
     LandingFile,
@@ -50,8 +64,7 @@ from hitmetrics.ingest import (
     landing_root,
     parse_batches,
 )
-from hitmetrics.model import Hit
-from hitmetrics.rejects import RejectsError, RejectsFile
+from hitmetrics.rejects import RejectsError, RejectsFile, merge_rejects
 
 try:
     from hitmetrics import _fastpath
@@ -60,27 +73,26 @@ except ImportError:  # not built (no C compiler at install): the Python way does
 
 __all__ = [
     "LoadError",
+    "LoadPlan",
     "LoadProgress",
     "LoadReport",
     "MissingLandingDay",
     "ReconciliationError",
+    "ShardReport",
     "TooManyRejects",
+    "finish_load",
     "load_landing_day",
+    "load_shard",
     "new_load_id",
+    "plan_load",
 ]
 
 log = logging.getLogger(__name__)
 
-# Bulk requests of about 8 MB (Elasticsearch's sweet spot is 5-15 MB), three in flight: on a small node that
-# keeps every write thread busy while the next body is parsed. CHUNK_DOCS only caps tiny-document bodies.
-CHUNK_DOCS = 100_000
-CHUNK_BYTES = 8 << 20
-BULK_THREADS = 3
 # The bodies being built (one per index) hold at most about this much, checked after every batch of records.
 BUFFERED_BYTES = 4 * CHUNK_BYTES
 # Local days around the landing day that the C fast path routes itself (a record of any other day goes the Python way).
 FAST_DAYS = range(-7, 3)
-BULK_TIMEOUT_S = 120
 # glibc serves a block this large or larger with its own mmap, handed back to the system when freed. Its default
 # threshold rises to the size of the largest block freed so far: after the first body, bodies come from the heap,
 # whose freed holes fragment and grow the process with the length of the load (peak RSS 122 MiB at 1M hits, 143 at
@@ -88,36 +100,21 @@ BULK_TIMEOUT_S = 120
 # for every body (one block per body: see `_Body.take`; the C body is one bytes object too).
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
-# Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
-RETRIES = 6
-INITIAL_BACKOFF_S = 1.0
-MAX_BACKOFF_S = 30.0
-RETRY_STATUS = (429, 502, 503, 504)
 PROGRESS_EVERY_S = 10.0
-LOGGED_REJECTS = 5  # the first rejects of a load are in its log too; all of them are in the rejects file
+LOGGED_REJECTS = 5  # the first rejects of a shard are in its log too; all of them are in the rejects file
 SWEEP_PAGE = 5_000
-# A request is first sent asking only whether anything failed: producing, sending and parsing a status per item
-# costs the node and the loader time on every request. Only when something failed is it sent again (index and
-# delete are idempotent here) asking for each item's status and error, in the chunk's order.
-QUICK_FILTER_PATH = "errors"
-ITEMS_FILTER_PATH = "errors,items.*.status,items.*.error"
 
-# Index settings while a load writes (refresh off, no replicas), the usual bulk-load tuning. The settings they
-# replace are put back afterwards; settings found equal to these were left by a load that was killed before it
-# could restore them, and are replaced by the template's.
-LOAD_SETTINGS = {
-    "index.refresh_interval": "-1",
-    "index.number_of_replicas": "0",
-    "index.auto_expand_replicas": "false",
-}
+# Index settings while a load writes: no refresh, the usual bulk-load tuning (replicas are left as they are, see
+# above). The settings they replace are put back afterwards; settings found equal to these were left by a load
+# that was killed before it could restore them, and are replaced by the template's.
+LOAD_SETTINGS = {"index.refresh_interval": "-1"}
 
 RESTORE_BATCH = 50  # index names per settings request, well under any URL length limit
 
 LOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 
 Partition = tuple[dt.date, str]
-# One bulk operation: (index, action line, source line or None for a delete), each line ending in a newline.
-Action = tuple[str, bytes, bytes | None]
+IndexSettings = dict[str, str | None]
 
 
 class _Source(msgspec.Struct):
@@ -131,10 +128,6 @@ class _Source(msgspec.Struct):
     load_id: str
 
 
-class LoadError(RuntimeError):
-    """The load could not complete as asked; the message says why."""
-
-
 class ReconciliationError(LoadError):
     """Elasticsearch does not hold exactly what was loaded."""
 
@@ -145,6 +138,82 @@ class TooManyRejects(LoadError):
     def __init__(self, message: str, report: LoadReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a load: some of the landing day's files (`source_file` names), for one task to write."""
+
+    landing_day: dt.date
+    load_id: str
+    number: int  # from 0; logs count from 1
+    count: int  # shards of the load
+    files: tuple[str, ...]
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly values, for XCom."""
+        return {**self.__dict__, "landing_day": self.landing_day.isoformat(), "files": list(self.files)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Shard:
+        return cls(**{**values, "landing_day": dt.date.fromisoformat(values["landing_day"]),
+                      "files": tuple(values["files"])})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """A landing day's load: its id and its files in shards of about even bytes.
+
+    There is always at least one shard, empty for an empty or (with `missing_ok`) removed folder: finishing it
+    removes what the folder contributed before.
+    """
+
+    landing_day: dt.date
+    load_id: str
+    shards: tuple[Shard, ...]
+
+    @classmethod
+    def of_shards(cls, shards: Sequence[Shard]) -> LoadPlan:
+        """The plan the shards (all of them, in any order) were cut from."""
+        ordered = tuple(sorted(shards, key=lambda shard: shard.number))
+        first = ordered[0]
+        if [shard.number for shard in ordered] != list(range(first.count)) or any(
+            (shard.landing_day, shard.load_id) != (first.landing_day, first.load_id) for shard in ordered
+        ):
+            raise LoadError(f"the shards given are not the {first.count} of load {first.load_id}")
+        return cls(landing_day=first.landing_day, load_id=first.load_id, shards=ordered)
+
+
+@dataclass
+class ShardReport:
+    """What one attempt at one shard wrote. Always `read == loaded + rejected`."""
+
+    shard: int  # its `Shard.number`
+    attempt_id: str  # the `load_id` on every document it wrote
+    files: int = 0
+    read: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    rejects_file: str | None = None  # a path or URL; merged into the day's by `finish_load`
+    written: dict[str, int] = field(default_factory=dict)  # documents per index
+    # The settings each index had before this shard tuned it, for `finish_load` to put back.
+    previous_settings: dict[str, IndexSettings] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"shard {self.shard + 1}: {self.files} file(s), read {self.read}, loaded {self.loaded}, "
+            f"rejected {self.rejected}; {self.seconds:.1f}s (attempt {self.attempt_id})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly values, for XCom."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ShardReport:
+        return cls(**values)
 
 
 @dataclass
@@ -163,6 +232,7 @@ class LoadReport:
     partitions: dict[Partition, int] = field(default_factory=dict)
     deleted: int = 0  # stale documents the folder no longer contributes
     seconds: float = 0.0
+    shards: int = 1
 
     @property
     def reject_ratio(self) -> float:
@@ -170,8 +240,9 @@ class LoadReport:
 
     def summary(self) -> str:
         where = f", rejects in {self.rejects_file}" if self.rejects_file else ""
+        shards = f" in {self.shards} shards" if self.shards > 1 else ""
         return (
-            f"landing day {self.landing_day}: {self.files} file(s), read {self.read}, loaded {self.loaded}, "
+            f"landing day {self.landing_day}: {self.files} file(s){shards}, read {self.read}, loaded {self.loaded}, "
             f"rejected {self.rejected}{where}; {self.deleted} stale document(s) deleted; "
             f"{self.seconds:.1f}s (load {self.load_id})"
         )
@@ -225,7 +296,8 @@ def load_landing_day(
     missing_ok: bool = False,
     rejects_root: LandingPath | None = None,
 ) -> LoadReport:
-    """Load `<landing>/<landing_day>/` so the indexes hold exactly the folder's good records; return the report.
+    """Load `<landing>/<landing_day>/` in this process (one shard) so the indexes hold exactly the folder's good
+    records; return the report.
 
     `landing` defaults to `settings.landing` and `rejects_root` to `settings.rejects_location` (each a folder or
     URL); pass an Airflow `ObjectStoragePath` to use a connection's credentials. `load_id` must be new for every
@@ -235,10 +307,31 @@ def load_landing_day(
     Elasticsearch's counts differ from what was loaded, `LoadError` for anything else that stops the load.
     """
     started = time.monotonic()
+    plan = plan_load(settings, landing_day, landing=landing, load_id=load_id, missing_ok=missing_ok, shard_mb=None)
+    (shard,) = plan.shards
+    written = load_shard(es, settings, shard, landing=landing, rejects_root=rejects_root, progress=progress)
+    return finish_load(es, settings, plan, [written], rejects_root=rejects_root, started=started)
+
+
+def plan_load(
+    settings: Settings,
+    landing_day: dt.date,
+    *,
+    landing: LandingPath | None = None,
+    load_id: str | None = None,
+    missing_ok: bool = False,
+    shard_mb: float | None = -1,
+) -> LoadPlan:
+    """List the landing day's files and split them into shards of about `shard_mb` MiB (default
+    `settings.shard_mb`; None: one shard), whole files each, largest first onto the lightest shard.
+
+    A file is never split: a gzip stream cannot be entered in the middle, a CSV record may span lines and a
+    document's id is its file and line. Raises `MissingLandingDay` (unless `missing_ok`) and
+    `UnreadableLandingEntries` before anything is written.
+    """
     load_id = load_id or new_load_id()
     if not LOAD_ID.match(load_id):
         raise ValueError(f"load id {load_id!r} must be 1-128 letters, digits or ._:+- (starting with one of the first)")
-    _fix_mmap_threshold()
     root = landing if landing is not None else landing_root(settings.landing)
     try:
         files, ignored = find_day_files(root, landing_day)
@@ -251,39 +344,153 @@ def load_landing_day(
         log.warning(
             "ignoring %d file(s) that are not *.jsonl/*.ndjson/*.csv[.gz]: %s", len(ignored), ", ".join(ignored)
         )
-    report = LoadReport(landing_day=landing_day, load_id=load_id, files=len(files))
-    way = "C fast path" if _fastpath else "Python way only: hitmetrics._fastpath is not built"
-    log.info("load %s of landing day %s: %d file(s) under %s (%s)", load_id, landing_day, len(files), root, way)
+    sizes = [(file.source_file, file.path.stat().st_size) for file in files]
+    shard_mb = settings.shard_mb if shard_mb == -1 else shard_mb
+    split = split_into_shards(sizes, None if shard_mb is None else max(1, int(shard_mb * (1 << 20))))
+    shards = tuple(
+        Shard(landing_day, load_id, number, len(split), tuple(names), size)
+        for number, (names, size) in enumerate(split)
+    )
+    log.info(
+        "load %s of landing day %s: %d file(s), %.1f MiB under %s, in %d shard(s)",
+        load_id, landing_day, len(files), sum(shard.bytes for shard in shards) / (1 << 20), root, len(shards),
+    )  # fmt: skip
+    return LoadPlan(landing_day, load_id, shards)
 
-    folder_prefix = f"{landing_day.isoformat()}/"
+
+def split_into_shards(sizes: Sequence[tuple[str, int]], shard_bytes: int | None) -> list[tuple[list[str], int]]:
+    """(names, bytes) of shards of about `shard_bytes` each (None: one shard), at least one, at most one per file;
+    each file goes, largest first, onto the shard with the fewest bytes so far (names sorted within a shard)."""
+    total = sum(size for _, size in sizes)
+    count = 1 if not shard_bytes else max(1, min(len(sizes), -(-total // shard_bytes)))
+    heap = [(0, shard, []) for shard in range(count)]
+    for name, size in sorted(sizes, key=lambda item: (-item[1], item[0])):
+        weight, shard, names = heapq.heappop(heap)
+        names.append(name)
+        heapq.heappush(heap, (weight + size, shard, names))
+    return [(sorted(names), weight) for weight, _, names in sorted(heap, key=lambda item: item[1])]
+
+
+def load_shard(
+    es: Elasticsearch,
+    settings: Settings,
+    shard: Shard,
+    *,
+    landing: LandingPath | None = None,
+    rejects_root: LandingPath | None = None,
+    progress: Callable[[LoadProgress], None] | None = None,
+) -> ShardReport:
+    """Write one shard of a load under a fresh attempt id (a retry writes the same ids again); rejects go to the
+    shard's own file. The indexes stay tuned for loading until `finish_load`; when the shard fails, it puts back
+    the settings it changed. Raises `LoadError` when the shard cannot be written whole."""
+    started = time.monotonic()
+    _fix_mmap_threshold()
+    root = landing if landing is not None else landing_root(settings.landing)
+    files = [LandingFile(root / name, name) for name in shard.files]
+    vanished = [file.source_file for file in files if not file.path.is_file()]
+    if vanished:
+        raise LoadError(f"{', '.join(vanished)} vanished from the landing folder since the load was planned; "
+                        "run the day again")  # fmt: skip
+    attempt_id = f"{shard.load_id}.{shard.number}.{secrets.token_hex(3)}"
+    report = ShardReport(shard=shard.number, attempt_id=attempt_id, files=len(files))
+    way = "C fast path" if _fastpath else "Python way only: hitmetrics._fastpath is not built"
+    log.info(
+        "shard %d of %d of landing day %s: %d file(s), %.1f MiB (%s)",
+        shard.number + 1, shard.count, shard.landing_day, len(files), shard.bytes / (1 << 20), way,
+    )  # fmt: skip
     rejects_root = rejects_root if rejects_root is not None else landing_root(settings.rejects_location)
-    rejects = RejectsFile(rejects_root / landing_day.isoformat() / f"{load_id}.jsonl")
+    rejects = RejectsFile(rejects_root / shard.landing_day.isoformat() / f"{attempt_id}.jsonl")
     ensure_template(es, settings)  # before any index is created, and current even if the mapping changed
+    tuned = _Tuner(es, settings)
     try:
-        with _LoadSettings(es) as tuned:
-            written = _write_documents(es, settings, files, load_id, report, rejects, started, progress, tuned)
+        written = _write_documents(es, settings, shard.landing_day, files, attempt_id, report, rejects, started,
+                                   progress, tuned)  # fmt: skip
         report.rejects_file = rejects.commit()
-    except RejectsError as error:
-        raise LoadError(str(error)) from error
+    except BaseException as error:
+        restore_settings(es, tuned.previous, failing=True)
+        if isinstance(error, RejectsError):
+            raise LoadError(str(error)) from error
+        raise
     finally:
         rejects.discard()
     assert report.read == report.loaded + report.rejected, report
+    report.written = dict(written)
+    report.previous_settings = tuned.previous
+    report.seconds = time.monotonic() - started
+    log.info("%s", report.summary())
+    return report
+
+
+def finish_load(
+    es: Elasticsearch,
+    settings: Settings,
+    plan: LoadPlan,
+    shards: Sequence[ShardReport],
+    *,
+    rejects_root: LandingPath | None = None,
+    started: float | None = None,
+) -> LoadReport:
+    """Finish `plan` from the report of every shard: put the index settings back, merge the shards' rejects into
+    the day's file, delete what the folder no longer contributes, reconcile the counts and report the day.
+
+    Raises `LoadError` when a shard's report is missing or repeated, `ReconciliationError` and `TooManyRejects` as
+    `load_landing_day` does.
+    """
+    started = time.monotonic() if started is None else started
+    numbers = sorted(report.shard for report in shards if report.attempt_id.startswith(f"{plan.load_id}."))
+    if numbers != list(range(len(plan.shards))) or len(shards) != len(plan.shards):
+        raise LoadError(f"load {plan.load_id} has {len(plan.shards)} shard(s), but {len(shards)} report(s) "
+                        f"of which {numbers} are its own")  # fmt: skip
+    previous: dict[str, IndexSettings] = {}
+    template = _template_settings(settings)
+    for report in shards:  # a shard that found the settings tuned by another knows only the template's
+        for index, values in report.previous_settings.items():
+            if previous.get(index, template) == template:
+                previous[index] = values
+    restore_settings(es, previous)
+
+    report = LoadReport(landing_day=plan.landing_day, load_id=plan.load_id, shards=len(plan.shards))
+    for shard in shards:
+        report.files += shard.files
+        report.read += shard.read
+        report.loaded += shard.loaded
+        report.rejected += shard.rejected
+    rejects_root = rejects_root if rejects_root is not None else landing_root(settings.rejects_location)
+    folder = rejects_root / plan.landing_day.isoformat()
+    parts = [folder / _file_name(shard.rejects_file) for shard in shards if shard.rejects_file]
+    try:
+        report.rejects_file = merge_rejects(parts, folder / f"{plan.load_id}.jsonl")
+        # What attempts superseded by a retry left (their reports are not given): this load's, hence ours.
+        if folder.exists():
+            for pattern in (f"{plan.load_id}.*.jsonl", f".{plan.load_id}.*.jsonl.partial"):
+                for leftover in folder.glob(pattern):
+                    leftover.unlink(missing_ok=True)
+    except (OSError, RejectsError) as error:
+        raise LoadError(str(error)) from error
 
     alias = settings.index_prefix
+    folder_prefix = f"{plan.landing_day.isoformat()}/"
+    attempts = [shard.attempt_id for shard in shards]
     es.indices.refresh(index=alias, ignore_unavailable=True)
     foreign = foreign_behind_alias(es, settings)  # the sweep and the count keep out of what is not ours
-    deleted = _sweep_stale(es, alias, folder_prefix, load_id, foreign)
+    deleted = _sweep_stale(es, alias, folder_prefix, attempts, foreign)
     es.indices.refresh(index=alias, ignore_unavailable=True)
     report.deleted = deleted.total()
+    written: Counter[str] = Counter()
+    for shard in shards:
+        written.update(shard.written)
     touched = {name: written.get(name, 0) for name in [*written, *deleted]}
     report.partitions = _by_partition(settings.index_prefix, touched)
-    _reconcile(es, settings, folder_prefix, load_id, report, foreign)
+    _reconcile(es, settings, folder_prefix, attempts, report, foreign)
 
     report.seconds = time.monotonic() - started
+    if len(shards) > 1:
+        for shard in shards:
+            log.info("%s", shard.summary())
     log.info("%s", report.summary())
     if report.reject_ratio > settings.max_reject_ratio:
         raise TooManyRejects(
-            f"{report.rejected} of {report.read} records of landing day {landing_day} were rejected "
+            f"{report.rejected} of {report.read} records of landing day {plan.landing_day} were rejected "
             f"({report.reject_ratio:.2%}, more than HITS_MAX_REJECT_RATIO={settings.max_reject_ratio:g}); "
             f"the {report.loaded} good ones are loaded; see {report.rejects_file}",
             report,
@@ -291,16 +498,21 @@ def load_landing_day(
     return report
 
 
+def _file_name(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _write_documents(
     es: Elasticsearch,
     settings: Settings,
+    landing_day: dt.date,
     files: list[LandingFile],
     load_id: str,
-    report: LoadReport,
+    report: ShardReport,
     rejects: RejectsFile,
     started: float,
     progress: Callable[[LoadProgress], None] | None,
-    tuned: _LoadSettings,
+    tuned: _Tuner,
 ) -> Counter[str]:
     """Bulk-index every good record, rejects to `rejects`; returns the documents written per index.
 
@@ -310,8 +522,8 @@ def _write_documents(
     files_done = 0
     last_progress = started
 
-    def chunks() -> Iterator[_Chunk]:
-        """The bulk bodies, built in place: no per-record objects outlive a record (see `_chunks`)."""
+    def chunks() -> Iterator[Chunk]:
+        """The bulk bodies, built in place: no per-record objects outlive a record (see `chunks_of`)."""
         nonlocal files_done
         tz, prefix = settings.tz, settings.index_prefix
         utc = settings.timezone == "UTC"
@@ -319,9 +531,9 @@ def _write_documents(
         environment_names = sorted(environments)  # the C code's environment numbers
         encode = msgspec.json.Encoder().encode
         new_body = _fastpath.Body if _fastpath else _Body
-        days, spans = _day_spans(report.landing_day, tz)
+        days, spans = _day_spans(landing_day, tz)
         # Each index is created and tuned in the background while records are parsed; a chunk is sent only
-        # once its indexes are ready (see `_send_chunk`).
+        # once its indexes are ready (see `bulk.send_chunk`).
         ready_of: dict[str, Future[None]] = {}
 
         def prepare_index(day: dt.date, environment: str, index: str) -> None:
@@ -351,12 +563,12 @@ def _write_documents(
 
             return target
 
-        def take(index: str) -> _Chunk:
+        def take(index: str) -> Chunk:
             """The index's body as a chunk; the body starts again empty."""
             body = bodies[index]
             docs = body.docs
             report.read += docs
-            return _Chunk(body.take(), Counter({index: docs}), [ready_of[index]])
+            return Chunk(body.take(), Counter({index: docs}), [ready_of[index]])
 
         # One body per index: a bulk request to a single shard is cheaper for the node than one split across many.
         # Records of many days (a backfill) would leave many bodies half full: past `BUFFERED_BYTES` in all, the
@@ -397,7 +609,7 @@ def _write_documents(
     errors: list[dict[str, Any]] = []
     # Leaving this block waits for index preparations still running, so `tuned` knows all it must restore.
     with ThreadPoolExecutor(1, thread_name_prefix="hits-index") as preparer:
-        for chunk_written, chunk_errors in _bulk(es, chunks()):
+        for chunk_written, chunk_errors in send_chunks(es, chunks()):
             written.update(chunk_written)
             report.loaded += chunk_written.total()
             errors.extend(chunk_errors)
@@ -410,7 +622,7 @@ def _write_documents(
                 last_progress = now
     if errors:
         raise LoadError(
-            f"Elasticsearch refused {len(errors)} document(s); first: {_describe(errors[0])}. "
+            f"Elasticsearch refused {len(errors)} document(s); first: {describe(errors[0])}. "
             "Nothing was deleted; fix the cause and run the load again."
         )
     return written
@@ -493,148 +705,16 @@ def _action_template(index: str, id_prefix: str) -> bytes:
     return line.replace(b"%", b"%%").replace(b"{line}", b"%d")
 
 
-def _bulk(es: Elasticsearch, chunks: Iterable[_Chunk]) -> Iterator[tuple[Counter[str], list[dict[str, Any]]]]:
-    """Send `chunks`, `BULK_THREADS` requests in flight; yield per chunk (docs done per index, errors).
-
-    Results come in the order the chunks were sent. Index and delete are idempotent here (fixed ids), so a chunk
-    whose request failed part way is simply sent again.
-    """
-    es = es.options(request_timeout=BULK_TIMEOUT_S)
-    with ThreadPoolExecutor(BULK_THREADS, thread_name_prefix="hits-bulk") as pool:
-        in_flight: deque[Future] = deque()
-        for chunk in chunks:
-            if len(in_flight) >= BULK_THREADS:
-                yield in_flight.popleft().result()
-            in_flight.append(pool.submit(_send_chunk, es, chunk))
-        while in_flight:
-            yield in_flight.popleft().result()
-
-
-def _chunks(actions: Iterable[Action]) -> Iterator[_Chunk]:
-    """Bulk bodies of about `CHUNK_BYTES` (at most `CHUNK_DOCS` operations).
-
-    Lines go straight into one buffer: holding them as separate objects would cost several times their size
-    (orjson's output buffers are over-allocated) and grow the loader's memory with the chunk size.
-    """
-    body, per_index, docs = bytearray(), Counter(), 0
-    for index, action, source in actions:
-        body += action
-        if source is not None:
-            body += source
-        per_index[index] += 1
-        docs += 1
-        if len(body) >= CHUNK_BYTES or docs >= CHUNK_DOCS:
-            yield _Chunk(bytes(body), per_index)
-            body, per_index, docs = bytearray(), Counter(), 0
-    if docs:
-        yield _Chunk(bytes(body), per_index)
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """One bulk request: its NDJSON body (every line ended) and how many of its operations go to each index."""
-
-    ndjson: bytes
-    per_index: Counter[str]
-    ready: list[Future[None]] = field(default_factory=list)  # preparations of its indexes, awaited before sending
-
-    def operations(self) -> Iterator[tuple[list[bytes], str, str, str]]:
-        """Each operation: (its lines, operation, index, id); used only to sort out a response with errors."""
-        # orjson escapes line breaks inside strings, so every line is one JSON value.
-        lines = self.ndjson.splitlines()
-        at = 0
-        while at < len(lines):
-            ((operation, meta),) = orjson.loads(lines[at]).items()
-            size = 1 if operation == "delete" else 2
-            yield lines[at : at + size], operation, meta["_index"], meta["_id"]
-            at += size
-
-
-def _send_chunk(es: Elasticsearch, chunk: _Chunk) -> tuple[Counter[str], list[dict[str, Any]]]:
-    """One chunk as one bulk request; returns (documents done per index, refused items).
-
-    429 and 5xx answers and lost connections are retried with exponential backoff: a whole request again, or
-    only the items Elasticsearch answered 429/5xx for.
-    """
-    for preparation in chunk.ready:
-        preparation.result()
-    done: Counter[str] = Counter()
-    errors: list[dict[str, Any]] = []
-    filter_path = QUICK_FILTER_PATH
-    attempt = 0
-    while True:
-        last = attempt == RETRIES
-        try:
-            response = _post_bulk(es, chunk.ndjson, filter_path)
-        except ApiError as error:
-            if last or error.meta.status not in RETRY_STATUS:
-                raise LoadError(f"bulk request failed: {error}") from error
-            _back_off(attempt, f"bulk request answered {error.meta.status}")
-            attempt += 1
-            continue
-        except (ESConnectionError, ConnectionTimeout) as error:
-            if last:
-                raise LoadError(f"bulk request failed after {attempt + 1} attempts: {error}") from error
-            _back_off(attempt, f"bulk request failed ({error})")
-            attempt += 1
-            continue
-        if not response.get("errors"):
-            done.update(chunk.per_index)
-            return done, errors
-        if "items" not in response:
-            filter_path = ITEMS_FILTER_PATH  # at once, not an attempt: only to learn which items failed
-            continue
-        retry: list[bytes] = []
-        retry_per_index: Counter[str] = Counter()
-        for (lines, operation, index, _id), item in zip(chunk.operations(), response["items"], strict=True):
-            status = item[operation]["status"]
-            # Deleting what is already gone is fine: someone else's sweep or a retry got there first.
-            if status < 300 or (operation == "delete" and status == 404):
-                done[index] += 1
-            elif status in RETRY_STATUS and not last:
-                retry += lines
-                retry_per_index[index] += 1
-            else:
-                errors.append({operation: {**item[operation], "_index": index, "_id": _id}})
-        if not retry_per_index:
-            return done, errors
-        chunk = _Chunk(b"\n".join(retry) + b"\n", retry_per_index)
-        _back_off(attempt, f"Elasticsearch asked to resend {retry_per_index.total()} document(s)")
-        attempt += 1
-
-
-def _post_bulk(es: Elasticsearch, body: bytes, filter_path: str) -> dict[str, Any]:
-    """POST a bulk body as it is. `es.bulk` would pass it through the client's NDJSON serializer, which copies
-    every body twice (memory and time); sent as JSON, which `_bulk` takes as well, bytes go out untouched."""
-    return es.perform_request(
-        "POST",
-        "/_bulk",
-        params={"filter_path": filter_path},
-        headers={"accept": "application/json", "content-type": "application/json"},
-        body=body,
-    ).body
-
-
-def _back_off(attempt: int, why: str) -> None:
-    pause = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**attempt)
-    log.warning("%s; retrying in %.0fs", why, pause)
-    time.sleep(pause)
-
-
-def _describe(error_item: dict[str, Any]) -> str:
-    ((operation, result),) = error_item.items()
-    return f"{operation} {result.get('_index')}/{result.get('_id')}: {result.get('status')} {result.get('error')}"
-
-
 def _sweep_stale(
-    es: Elasticsearch, alias: str, folder_prefix: str, load_id: str, foreign: list[dict[str, Any]]
+    es: Elasticsearch, alias: str, folder_prefix: str, attempts: Sequence[str], foreign: list[dict[str, Any]]
 ) -> Counter[str]:
-    """Delete every document from the landing folder written by another load, in our own indexes only (`foreign`
-    says which indexes behind the alias are not); returns the deletions per index."""
+    """Delete every document from the landing folder written by anything but the load's shard `attempts` (another
+    load, a shard's failed attempt), in our own indexes only (`foreign` says which indexes behind the alias are
+    not); returns the deletions per index."""
     query = {
         "bool": {
             "filter": [{"prefix": {"source_file": folder_prefix}}],
-            "must_not": [{"term": {"load_id": load_id}}, *foreign],
+            "must_not": [{"terms": {"load_id": list(attempts)}}, *foreign],
         }
     }
     pit = es.open_point_in_time(index=alias, keep_alive="2m", ignore_unavailable=True)["id"]
@@ -665,11 +745,11 @@ def _sweep_stale(
 
         deleted: Counter[str] = Counter()
         errors: list[dict[str, Any]] = []
-        for chunk_deleted, chunk_errors in _bulk(es, _chunks(stale())):
+        for chunk_deleted, chunk_errors in send_chunks(es, chunks_of(stale())):
             deleted.update(chunk_deleted)
             errors.extend(chunk_errors)
         if errors:
-            raise LoadError(f"deleting {len(errors)} stale document(s) failed; first: {_describe(errors[0])}")
+            raise LoadError(f"deleting {len(errors)} stale document(s) failed; first: {describe(errors[0])}")
     finally:
         es.options(ignore_status=404).close_point_in_time(id=pit)
     if deleted:
@@ -681,17 +761,17 @@ def _reconcile(
     es: Elasticsearch,
     settings: Settings,
     folder_prefix: str,
-    load_id: str,
+    attempts: Sequence[str],
     report: LoadReport,
     foreign: list[dict[str, Any]],
 ) -> None:
-    """Check Elasticsearch's counts: per partition exactly what this load wrote, and nothing else from the folder
-    in our own indexes."""
+    """Check Elasticsearch's counts: per partition exactly what the load's shard `attempts` wrote, and nothing else
+    from the folder in our own indexes."""
     from_folder = {"prefix": {"source_file": folder_prefix}}
     mismatches = []
     for (day, environment), expected in sorted(report.partitions.items()):
         name = index_name(settings.index_prefix, day, environment)
-        query = {"bool": {"filter": [from_folder, {"term": {"load_id": load_id}}]}}
+        query = {"bool": {"filter": [from_folder, {"terms": {"load_id": list(attempts)}}]}}
         found = es.count(index=name, query=query)["count"]
         if found != expected:
             mismatches.append(f"{name}: {found} instead of {expected}")
@@ -700,7 +780,9 @@ def _reconcile(
     if total != report.loaded:
         mismatches.append(f"all indexes: {total} documents from {folder_prefix} instead of {report.loaded}")
     if mismatches:
-        raise ReconciliationError(f"load {load_id} of {folder_prefix} does not reconcile: {'; '.join(mismatches)}")
+        raise ReconciliationError(
+            f"load {report.load_id} of {folder_prefix} does not reconcile: {'; '.join(mismatches)}"
+        )
 
 
 def _by_partition(prefix: str, per_index: Mapping[str, int]) -> dict[Partition, int]:
@@ -713,25 +795,26 @@ def _by_partition(prefix: str, per_index: Mapping[str, int]) -> dict[Partition, 
     return partitions
 
 
-class _LoadSettings:
-    """Tunes the indexes a load writes to with `LOAD_SETTINGS`; on exit puts their previous settings back.
+def _template_settings(settings: Settings) -> IndexSettings:
+    """The template's values of `LOAD_SETTINGS` (None: Elasticsearch's default)."""
+    template = index_settings(settings)
+    return {name: _text(template.get(name.removeprefix("index."))) for name in LOAD_SETTINGS}
 
-    A failure to restore fails a load that went well; after a failed load it is logged, so the first error stays
-    the one reported, and the next load of those indexes repairs them (it finds `LOAD_SETTINGS` there).
-    """
 
-    def __init__(self, es: Elasticsearch) -> None:
+class _Tuner:
+    """Tunes the indexes a shard writes to with `LOAD_SETTINGS`, recording each one's previous settings."""
+
+    def __init__(self, es: Elasticsearch, settings: Settings) -> None:
         self.es = es
-        self.previous: dict[str, dict[str, str | None]] = {}
-        template = Hit._index.to_dict()["settings"]
-        # None resets a setting to Elasticsearch's default.
-        self.template = {name: _text(template.get(name.removeprefix("index."))) for name in LOAD_SETTINGS}
+        self.previous: dict[str, IndexSettings] = {}
+        self.template = _template_settings(settings)
 
     def apply(self, index: str) -> None:
         response = self.es.indices.get_settings(index=index, name=list(LOAD_SETTINGS), flat_settings=True)
-        current = response[index]["settings"]
+        current = response.body.get(index, {}).get("settings", {})  # absent when none of them is set
         previous = {name: current.get(name) for name in LOAD_SETTINGS}
-        # Recorded before the change, so a change that fails half way is still undone.
+        # Recorded before the change, so a change that fails half way is still undone. Settings equal to the load's
+        # were left by another shard of this load or by a killed one: the template's come back.
         self.previous[index] = self.template if previous == LOAD_SETTINGS else previous
         self.es.indices.put_settings(index=index, settings=LOAD_SETTINGS)
 
@@ -739,26 +822,28 @@ class _LoadSettings:
         """`index` was just created with `LOAD_SETTINGS`: it gets the template's settings afterwards."""
         self.previous[index] = self.template
 
-    def __enter__(self) -> _LoadSettings:
-        return self
 
-    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
-        failed = []
-        # One request per group of indexes to restore alike (usually all of them), not one per index.
-        groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
-        for index, previous in self.previous.items():
-            groups.setdefault(tuple(sorted(previous.items())), []).append(index)
-        for previous, indexes in groups.items():
-            for start in range(0, len(indexes), RESTORE_BATCH):
-                names = ",".join(indexes[start : start + RESTORE_BATCH])
-                try:
-                    self.es.indices.put_settings(index=names, settings=dict(previous))
-                except (ApiError, ESConnectionError, ConnectionTimeout) as error:
-                    failed.append(f"{names}: {error}")
-        if failed and error_type is None:
-            raise LoadError(f"could not restore the index settings after the load: {'; '.join(failed)}")
-        for failure in failed:
-            log.error("could not restore the index settings of %s", failure)
+def restore_settings(es: Elasticsearch, previous: Mapping[str, IndexSettings], *, failing: bool = False) -> None:
+    """Put each index's `previous` settings back, one request per group of indexes alike.
+
+    A failure to restore fails a load that went well; while a load is `failing` it is logged, so the first error
+    stays the one reported, and the next load of those indexes repairs them (it finds `LOAD_SETTINGS` there).
+    """
+    failed = []
+    groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
+    for index, values in previous.items():
+        groups.setdefault(tuple(sorted(values.items())), []).append(index)
+    for values, names in groups.items():
+        for start in range(0, len(names), RESTORE_BATCH):
+            batch = ",".join(names[start : start + RESTORE_BATCH])
+            try:
+                es.indices.put_settings(index=batch, settings=dict(values))
+            except (ApiError, ESConnectionError, ConnectionTimeout) as error:
+                failed.append(f"{batch}: {error}")
+    if failed and not failing:
+        raise LoadError(f"could not restore the index settings after the load: {'; '.join(failed)}")
+    for failure in failed:
+        log.error("could not restore the index settings of %s", failure)
 
 
 def _text(value: object) -> str | None:

@@ -16,10 +16,10 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from hitmetrics import aggregate, indexes, rollup, staging
+from hitmetrics import aggregate, indexes, load, rollup, staging
 from hitmetrics.config import ConfigError, Settings
 from hitmetrics.ingest import UnreadableLandingEntries
-from hitmetrics.load import LoadReport, TooManyRejects, load_landing_day
+from hitmetrics.load import LoadReport, TooManyRejects
 
 __all__ = ["RunPlan", "TooManyRejects", "UnreadableLandingEntries", "plan_run"]
 
@@ -66,17 +66,34 @@ def prepare_indexes(es: Elasticsearch, settings: Settings, plan: RunPlan) -> lis
     return indexes.create_indexes(es, settings, [day, day + dt.timedelta(days=1)])
 
 
-def load_day(
-    es: Elasticsearch, settings: Settings, plan: RunPlan, landing: Any, rejects_root: Any = None
-) -> LoadReport:
-    """Load the plan's landing folder (the loader logs its progress); rejects go below `rejects_root` (default:
-    `settings.rejects_location`).
-
-    Each attempt gets a fresh load id, so a retry after a cut-off load still ends exact. A full reload accepts a
-    folder that is gone and removes everything it contributed; otherwise a missing folder fails.
-    """
+def plan_load(settings: Settings, plan: RunPlan, landing: Any) -> list[dict[str, Any]]:
+    """Split the run's landing folder into shards (`HITS_SHARD_MB`), as JSON-friendly values for the shard tasks
+    to map over."""
     day = dt.date.fromisoformat(plan.landing_day)
-    return load_landing_day(es, settings, day, landing=landing, missing_ok=plan.full_reload, rejects_root=rejects_root)
+    shards = load.plan_load(settings, day, landing=landing, missing_ok=plan.full_reload).shards
+    return [shard.to_dict() for shard in shards]
+
+
+def load_shard(
+    es: Elasticsearch, settings: Settings, shard: dict[str, Any], landing: Any, rejects_root: Any
+) -> dict[str, Any]:
+    """Write one shard of a planned load (a retry writes it again whole); its report, for `finish_load`."""
+    written = load.load_shard(es, settings, load.Shard.from_dict(shard), landing=landing, rejects_root=rejects_root)
+    return written.to_dict()
+
+
+def finish_load(
+    es: Elasticsearch,
+    settings: Settings,
+    shards: Sequence[dict[str, Any]],
+    shard_reports: Sequence[dict[str, Any]],
+    rejects_root: Any,
+) -> LoadReport:
+    """Finish a planned load from all its shards and every shard's report: settings, rejects, sweep,
+    reconciliation (see `load.finish_load`)."""
+    plan = load.LoadPlan.of_shards([load.Shard.from_dict(shard) for shard in shards])
+    reports = [load.ShardReport.from_dict(report) for report in shard_reports]
+    return load.finish_load(es, settings, plan, reports, rejects_root=rejects_root)
 
 
 def report_dict(report: LoadReport) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -35,13 +35,21 @@ class RejectsFile:
 
     def write(self, reject: Reject) -> None:
         with self._naming_the_path():
-            if self.stream is None:
-                if self.temporary is None:
-                    self.stream = tempfile.TemporaryFile()  # noqa: SIM115 - closed by commit() or discard()
-                else:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
-            self.stream.write(orjson.dumps(reject._asdict()) + b"\n")
+            self._open().write(orjson.dumps(reject._asdict()) + b"\n")
+
+    def append(self, lines: IO[bytes]) -> None:
+        """Copy `lines` (rejects as JSON lines, e.g. another rejects file) onto the end."""
+        with self._naming_the_path():
+            shutil.copyfileobj(lines, self._open())
+
+    def _open(self) -> IO[bytes]:
+        if self.stream is None:
+            if self.temporary is None:
+                self.stream = tempfile.TemporaryFile()  # noqa: SIM115 - closed by commit() or discard()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.stream = open(self.temporary, "wb")  # noqa: SIM115 - closed by commit() or discard()
+        return self.stream
 
     def commit(self) -> str | None:
         """Put the file in place; its path or URL, None when nothing was rejected."""
@@ -83,3 +91,31 @@ class RejectsFile:
                 f"cannot write the rejects file {self.path}: {error.strerror or error}; "
                 "free the space or fix the permissions, then run the load again"
             ) from error
+
+
+def merge_rejects(parts: Sequence[LandingPath], target: LandingPath) -> str | None:
+    """Put the rejects files `parts` (the shards') together, in order, as `target`, then delete them; returns
+    `target`'s path or URL, None when there are no parts.
+
+    Safe to repeat: `target` is written whole before any part is deleted, so a part found missing next to an
+    existing `target` means an earlier call got that far.
+    """
+    if not parts:
+        return None
+    try:
+        if not (target.exists() and not all(part.exists() for part in parts)):
+            out = RejectsFile(target)
+            try:
+                for part in parts:
+                    with part.open("rb") as stream:
+                        out.append(stream)
+                out.commit()
+            finally:
+                out.discard()
+        for part in parts:
+            part.unlink(missing_ok=True)
+    except OSError as error:
+        if isinstance(error, RejectsError):
+            raise
+        raise RejectsError(f"cannot merge the rejects files into {target}: {error.strerror or error}") from error
+    return str(target)

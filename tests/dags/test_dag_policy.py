@@ -35,7 +35,9 @@ def test_nightly_stages_are_separate_tasks(dagbag) -> None:
     dag = dagbag.get_dag("hits_nightly")
     assert [t.task_id for t in dag.topological_sort()] == [
         "create_indexes",
-        "load_hits",
+        "plan_load",
+        "load_shard",
+        "finish_load",
         "aggregate_30m",
         "write_rollups",
     ]

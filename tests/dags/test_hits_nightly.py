@@ -75,9 +75,9 @@ def pipeline_env(monkeypatch, tmp_path: Path, es_url: str, index_prefix: str):
     return tmp_path
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(("database", "shards"), [("sqlite", 1), ("postgresql", 5)])
 def test_nightly_chain_matches_an_independent_computation(
-    dagbag, pipeline_env: Path, monkeypatch, request, database: str
+    dagbag, pipeline_env: Path, monkeypatch, request, database: str, shards: int
 ) -> None:
     if database == "sqlite":
         url = f"sqlite:///{pipeline_env / 'rollups.sqlite'}"
@@ -89,10 +89,13 @@ def test_nightly_chain_matches_an_independent_computation(
                           "hits_loads", "hits_checks"):  # fmt: skip
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     monkeypatch.setenv("HITS_ROLLUPS_URL", url)
+    if shards > 1:
+        monkeypatch.setenv("HITS_SHARD_MB", "0.01")  # one shard per file
     sample = generate_day(pipeline_env / "landing", DAY, hits=4000, pages=120, users=300, timezone=TIMEZONE)
 
     run = dagbag.get_dag("hits_nightly").test(run_conf={"day": DAY.isoformat()})
     assert run.state == "success"
+    assert len([ti for ti in run.get_task_instances() if ti.task_id == "load_shard"]) == shards
 
     users, hits, good, bad = expected_rollups(sample.folder, ZoneInfo(TIMEZONE))
     assert (good, bad) == (sample.good, sample.bad)
@@ -132,7 +135,7 @@ def test_too_many_rejects_fail_the_run_once_and_are_recorded(dagbag, pipeline_en
 
     assert run.state == "failed"
     states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
-    assert states["load_hits"] == ("failed", 1)  # no retry: it would load the same folder and fail again
+    assert states["finish_load"] == ("failed", 1)  # no retry: it would find the same rejects and fail again
     assert states["create_indexes"][0] == "success"
     with sa.create_engine(url).connect() as conn:
         loads = conn.execute(sa.text("SELECT read, loaded, rejected, rejects_file FROM hits_loads")).all()
@@ -146,4 +149,4 @@ def test_an_unknown_environment_fails_before_anything_is_loaded(dagbag, pipeline
     states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
     assert run.state == "failed"
     assert states["create_indexes"] == ("failed", 1)
-    assert states["load_hits"][0] == "upstream_failed"
+    assert states["plan_load"][0] == "upstream_failed"

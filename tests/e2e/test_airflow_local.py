@@ -62,8 +62,9 @@ def test_trigger_from_the_ui(local_airflow, browser_page, artifacts: Path, es) -
     local_airflow.wait_for_run(run_id)
 
     page.goto(f"{url}/dags/{NIGHTLY}/runs/{run_id}")
-    # The run's badge and one per task: create_indexes, load_hits, aggregate_30m, write_rollups.
-    expect(page.get_by_text("Success", exact=True)).to_have_count(5, timeout=90_000)
+    # The run's badge and one per task: create_indexes, plan_load, load_shard (one shard), finish_load,
+    # aggregate_30m, write_rollups.
+    expect(page.get_by_text("Success", exact=True)).to_have_count(7, timeout=90_000)
     page.screenshot(path=artifacts / "finished-run.png", full_page=True)
     assert_rollups_match_elasticsearch(local_airflow, es, "staging")
 

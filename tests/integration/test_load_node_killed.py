@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from elasticsearch import Elasticsearch
 
-from hitmetrics import load
+from hitmetrics import bulk, load
 from hitmetrics.config import Settings
 from hitmetrics.load import LoadError, load_landing_day
 from hitmetrics.sample import generate_day
@@ -42,7 +42,7 @@ def own_node():
 def test_a_load_cut_off_by_a_killed_node_ends_exact_when_retried(own_node, tmp_path: Path, monkeypatch) -> None:
     # Small bulk bodies so the kill lands mid-load, and short backoff so the cut-off attempt gives up quickly.
     monkeypatch.setattr(load, "CHUNK_BYTES", 256 << 10)
-    monkeypatch.setattr(load, "INITIAL_BACKOFF_S", 0.05)
+    monkeypatch.setattr(bulk, "INITIAL_BACKOFF_S", 0.05)
     settings = Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix="killed")
     sample = generate_day(tmp_path / "landing", DAY, hits=HITS, pages=300, users=2000, bad_lines=0)
     es = Elasticsearch(own_node.url, request_timeout=30, max_retries=0)

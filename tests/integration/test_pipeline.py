@@ -25,7 +25,8 @@ def test_each_task_may_run_on_another_worker_with_a_data_folder_of_its_own(es, t
          "environment": ("production", "staging")[n % 2]}
         for n in range(300)
     ]  # fmt: skip
-    (landing / "a.jsonl").write_bytes(b"".join(orjson.dumps(h) + b"\n" for h in hits) + b"not json\n")
+    (landing / "a.jsonl").write_bytes(b"".join(orjson.dumps(h) + b"\n" for h in hits[:200]) + b"not json\n")
+    (landing / "b.jsonl").write_bytes(b"".join(orjson.dumps(h) + b"\n" for h in hits[200:]) + b"{\n")
     shared = {
         "landing": str(tmp_path / "landing"),  # the shared landing store (an object store in production)
         "rejects": f"memory://rejects-{index_prefix}",
@@ -33,21 +34,32 @@ def test_each_task_may_run_on_another_worker_with_a_data_folder_of_its_own(es, t
         "index_prefix": index_prefix,
         "environments": ("production", "staging"),
         "max_reject_ratio": 0.5,
+        "shard_mb": 0.001,  # a shard per file
     }
-    worker = {task: Settings(data_dir=tmp_path / f"worker-{task}", **shared) for task in range(4)}
+    worker = {task: Settings(data_dir=tmp_path / f"worker-{task}", **shared) for task in range(7)}
 
     plan = pipeline.plan_run(worker[0], requested_day=DAY.isoformat(), run_after=dt.datetime.now(dt.UTC))
     pipeline.prepare_indexes(es, worker[0], plan)
-    loaded = pipeline.load_day(es, worker[1], plan, landing_root(worker[1].landing))
+    shards = pipeline.plan_load(worker[1], plan, landing_root(worker[1].landing))
+    assert len(shards) == 2
+    shard_reports = [
+        pipeline.load_shard(es, settings, shard, landing_root(settings.landing), landing_root(settings.rejects))
+        for settings, shard in zip((worker[2], worker[3]), shards, strict=True)
+    ]
+    loaded = pipeline.finish_load(es, worker[4], shards, shard_reports, landing_root(worker[4].rejects))
     report = pipeline.report_dict(loaded)
-    staged = pipeline.aggregate_partitions(es, worker[2], plan, report, worker[2].rollups_database_url)
-    summary = pipeline.publish_rollups(worker[3].rollups_database_url, staged, report)
+    staged = pipeline.aggregate_partitions(es, worker[5], plan, report, worker[5].rollups_database_url)
+    summary = pipeline.publish_rollups(worker[6].rollups_database_url, staged, report)
 
-    assert (report["read"], report["loaded"], report["rejected"]) == (301, 300, 1)
+    assert (report["read"], report["loaded"], report["rejected"]) == (302, 300, 2)
+    assert (
+        landing_root(shared["rejects"]).joinpath(DAY.isoformat(), f"{loaded.load_id}.jsonl").read_text().count("\n")
+        == 2
+    )  # the shards' rejects, merged in the shared store
     assert sorted((s["environment"], s["hits"]) for s in summary) == [("production", 150), ("staging", 150)]
     engine = rollup.engine_for(shared["rollups_url"])
     with engine.connect() as conn:
         rows = conn.execute(select(rollup.hits_by_page_daily)).all()
     expected = Counter((h["environment"], h["page"]) for h in hits)
     assert {(r.environment, r.page): r.hits for r in rows} == expected
-    assert not any(Path(tmp_path / f"worker-{task}").exists() for task in range(4))  # no task wrote to its disk
+    assert not any(Path(tmp_path / f"worker-{task}").exists() for task in range(7))  # no task wrote to its disk
