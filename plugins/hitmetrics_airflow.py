@@ -40,7 +40,8 @@ def elasticsearch_client(settings: Settings) -> Elasticsearch:
     from elasticsearch import Elasticsearch
 
     log.info("Connection %s is not defined: using %s", ES_CONN_ID, settings.es_url)
-    return Elasticsearch(settings.es_url, request_timeout=120)
+    # Every node of a cluster: a request that finds its node dead goes to the next one.
+    return Elasticsearch(settings.es_hosts, request_timeout=120, retry_on_timeout=True)
 
 
 def rollups_url(settings: Settings) -> str:

@@ -231,11 +231,12 @@ def ensure_elasticsearch(es_url: str | None = None) -> str:
     port = int(os.environ.get("HITS_ES_PORT") or esnode.DEFAULT_PORT)
     local = f"http://127.0.0.1:{port}"
     es_url = (es_url or os.environ.get("HITS_ES_URL") or local).rstrip("/")
-    try:
-        request(es_url, timeout=3)
-        return es_url
-    except (OSError, ValueError):
-        pass
+    for node in es_url.split(","):  # a cluster's nodes: one answering is enough, the client knows the others
+        try:
+            request(node.strip().rstrip("/"), timeout=3)
+            return es_url
+        except (OSError, ValueError):
+            pass
     if es_url != local:
         raise AirflowError(f"nothing answers at HITS_ES_URL={es_url}: start that cluster, or unset HITS_ES_URL")
     return esnode.start(port=port).url

@@ -281,9 +281,12 @@ def _search(es: Elasticsearch, query: dict[str, Any], aggs: dict[str, Any], **bo
 
     Every request skips the shard request cache: a day is aggregated once, and caching its large answers would
     cost a serialization each (about 3 % of the node's time) and push the small, repeated answers of the UI out of
-    the cache.
+    the cache. A shard that cannot answer (its node just died) fails the request: partial figures are never rows.
     """
-    return es.search(query=query, size=0, aggs=aggs, filter_path=_FILTER_PATH, request_cache=False, **body).body
+    return es.search(
+        query=query, size=0, aggs=aggs, filter_path=_FILTER_PATH, request_cache=False,
+        allow_partial_search_results=False, **body,
+    ).body  # fmt: skip
 
 
 def _pages_of(response: dict[str, Any]) -> dict[str, Any]:

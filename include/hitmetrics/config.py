@@ -76,6 +76,11 @@ class Settings:
         return ZoneInfo(self.timezone)
 
     @property
+    def es_hosts(self) -> list[str]:
+        """The nodes of `HITS_ES_URL`: one URL, or a cluster's, comma-separated; the client uses them all."""
+        return [url.strip() for url in self.es_url.split(",") if url.strip()]
+
+    @property
     def rejects_location(self) -> str:
         """Where rejects files go (`HITS_REJECTS`): a folder, or an object-storage URL every worker reaches."""
         return self.rejects or str(self.data_dir / "rejects")

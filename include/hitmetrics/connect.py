@@ -61,6 +61,7 @@ def connect(
     if conn_id:
         return _client_from_airflow(conn_id)
     url = url or load_settings().es_url
+    hosts = [node.strip() for node in url.split(",") if node.strip()]  # a cluster's nodes, comma-separated
     options: dict = {"request_timeout": request_timeout, "max_retries": 1}
     if basic_auth:
         options["basic_auth"] = basic_auth
@@ -71,9 +72,9 @@ def connect(
             raise ConnectError(f"CA certificate {ca_certs}: no such file")
         options["ca_certs"] = ca_certs
     try:
-        return Elasticsearch(url, **options)
+        return Elasticsearch(hosts, **options)
     except (ValueError, TypeError) as error:
-        raise ConnectError(f"cannot use {redact_url(url)}: {error}") from None
+        raise ConnectError(f"cannot use {', '.join(map(redact_url, hosts))}: {error}") from None
 
 
 def _client_from_airflow(conn_id: str) -> Elasticsearch:

@@ -733,6 +733,7 @@ def _sweep_stale(
                     size=SWEEP_PAGE,
                     source=False,
                     track_total_hits=False,
+                    allow_partial_search_results=False,  # a shard that cannot answer must not hide its stale docs
                 )
                 pit = page.get("pit_id", pit)
                 hits = page["hits"]["hits"]
@@ -772,17 +773,25 @@ def _reconcile(
     for (day, environment), expected in sorted(report.partitions.items()):
         name = index_name(settings.index_prefix, day, environment)
         query = {"bool": {"filter": [from_folder, {"terms": {"load_id": list(attempts)}}]}}
-        found = es.count(index=name, query=query)["count"]
+        found = _count(es, index=name, query=query)
         if found != expected:
             mismatches.append(f"{name}: {found} instead of {expected}")
     mine = {"bool": {"filter": [from_folder], "must_not": foreign}}
-    total = es.count(index=settings.index_prefix, query=mine, ignore_unavailable=True)["count"]
+    total = _count(es, index=settings.index_prefix, query=mine, ignore_unavailable=True)
     if total != report.loaded:
         mismatches.append(f"all indexes: {total} documents from {folder_prefix} instead of {report.loaded}")
     if mismatches:
         raise ReconciliationError(
             f"load {report.load_id} of {folder_prefix} does not reconcile: {'; '.join(mismatches)}"
         )
+
+
+def _count(es: Elasticsearch, **request: Any) -> int:
+    """A count that every shard answered (a count missing a shard whose node just died would be short)."""
+    response = es.count(**request)
+    if response["_shards"].get("failed"):
+        raise ReconciliationError(f"{response['_shards']['failed']} shard(s) could not be counted: retry the load")
+    return response["count"]
 
 
 def _by_partition(prefix: str, per_index: Mapping[str, int]) -> dict[Partition, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -105,3 +106,21 @@ def test_bad_heap_is_one_line(node_dir: Path) -> None:
     result = cli("start", "--port", str(esnode.free_port()), "--data", str(node_dir), "--heap", "lots")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "heap 'lots' is not a size" in result.stderr
+
+
+def test_a_cluster_needs_two_nodes_and_keeps_its_size(tmp_path: Path) -> None:
+    with pytest.raises(esnode.NodeError, match="at least 2 nodes"):
+        esnode.start_cluster(1, data_dir=tmp_path)
+    layout = {"cluster": esnode.CLUSTER_NAME, "nodes": [
+        {"name": f"node-{n}", "http_port": 9200 + n, "transport_port": 9300 + n} for n in (1, 2, 3)]}  # fmt: skip
+    (tmp_path / "cluster.json").write_text(json.dumps(layout))
+    assert [m.data_dir for m in esnode.cluster_members(tmp_path)] == [tmp_path / f"node-{n}" for n in (1, 2, 3)]
+    with pytest.raises(esnode.NodeError, match="holds a cluster of 3 nodes, not 5"):
+        esnode.start_cluster(5, data_dir=tmp_path)
+
+
+def test_a_cluster_port_leaves_room_for_every_node() -> None:
+    base = esnode.free_cluster_port(3)
+    for port in [base + n + offset for n in range(3) for offset in (0, esnode.TRANSPORT_OFFSET)]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

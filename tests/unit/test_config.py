@@ -37,3 +37,30 @@ def test_unset_or_empty_settings_are_the_defaults():
 def test_a_newline_never_reaches_an_environment_name():
     with pytest.raises(ConfigError, match="not a valid environment name"):
         Settings(environments=("production\n",))
+
+
+@pytest.mark.parametrize(
+    ("environ", "replicas", "shard_mb"),
+    [({}, "0-1", 1024), ({"HITS_ES_REPLICAS": "1", "HITS_SHARD_MB": "0.5"}, "1", 0.5),
+     ({"HITS_ES_REPLICAS": " 1-all "}, "1-all", 1024)],
+)  # fmt: skip
+def test_replicas_and_shard_size(environ, replicas, shard_mb):
+    settings = load_settings(environ)
+    assert (settings.replicas, settings.shard_mb) == (replicas, shard_mb)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [({"HITS_ES_REPLICAS": "one"}, "HITS_ES_REPLICAS: 'one' is not a count"),
+     ({"HITS_ES_REPLICAS": "1-"}, "HITS_ES_REPLICAS"), ({"HITS_SHARD_MB": "0"}, "HITS_SHARD_MB: must be"),
+     ({"HITS_SHARD_MB": "nan"}, "HITS_SHARD_MB: must be"), ({"HITS_SHARD_MB": "inf"}, "HITS_SHARD_MB: must be"),
+     ({"HITS_SHARD_MB": "1GB"}, "HITS_SHARD_MB: '1GB' is not a float")],
+)  # fmt: skip
+def test_wrong_replicas_or_shard_sizes_are_refused(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ)
+
+
+def test_a_cluster_is_its_nodes_comma_separated():
+    settings = load_settings({"HITS_ES_URL": "http://a:9200, http://b:9200,"})
+    assert settings.es_hosts == ["http://a:9200", "http://b:9200"]

@@ -113,3 +113,12 @@ def test_only_our_exact_names_are_ours(environments, day, edit, other):
     if not (name + edit).endswith(tuple(f"-{e}" for e in environments)):
         patterns = index_template(settings)["index_patterns"]
         assert not any(fnmatch.fnmatchcase(name + edit, pattern) for pattern in patterns)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"),
+    [("0-1", ("0-1", None)), ("1-all", ("1-all", None)), ("1", ("false", 1))],
+)
+def test_the_template_s_replicas_follow_the_setting(replicas, expected):
+    template = index_template(Settings(replicas=replicas))["template"]["settings"]
+    assert (template.get("auto_expand_replicas"), template.get("number_of_replicas")) == expected
