@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PORT ?= 9200
 AIRFLOW_PORT ?= 8080
 
-.PHONY: setup test fuzz lint run node-start node-status node-stop airflow bench
+.PHONY: setup test fuzz lint run node-start node-status node-stop airflow stack bench
 
 run: setup ## the main job: a sample day through the whole chain on the embedded defaults
 	$(PY) -m tools.main_job
@@ -32,6 +32,9 @@ node-stop:
 
 airflow: setup ## local Airflow (standalone) on 127.0.0.1:$(AIRFLOW_PORT) with hitmetrics' DAGs and yesterday's sample day
 	$(PY) -m tools.airflowlocal --port $(AIRFLOW_PORT) --sample-day yesterday
+
+stack: setup ## the distributed stack without Docker: PostgreSQL, Redis, 3 Elasticsearch nodes, Airflow with 2 Celery workers
+	$(PY) -m tools.stack --port $(AIRFLOW_PORT)
 
 bench: setup ## the benchmark on its own Elasticsearch node; BENCH_ARGS="--hits 10000000" for 10M hits
 	$(PY) -m bench $(BENCH_ARGS)

@@ -32,12 +32,25 @@ def _connection(conn_id: str) -> Any | None:
 
 
 def elasticsearch_client(settings: Settings) -> Elasticsearch:
-    """A client for the `hits_elasticsearch` connection, or for `HITS_ES_URL` when it is not defined."""
-    if _connection(ES_CONN_ID) is not None:
+    """A client for the `hits_elasticsearch` connection, or for `HITS_ES_URL` when it is not defined.
+
+    A connection's `hosts` extra (comma-separated `host:port`) names every node of a cluster, with the connection's
+    scheme, login and password. Without it, the provider builds the client for the connection's one host.
+    """
+    from elasticsearch import Elasticsearch
+
+    conn = _connection(ES_CONN_ID)
+    if conn is not None and "hosts" not in conn.extra_dejson:
         from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchSQLHook
 
         return ElasticsearchSQLHook(elasticsearch_conn_id=ES_CONN_ID).get_conn().es.options(request_timeout=120)
-    from elasticsearch import Elasticsearch
+    if conn is not None:
+        extra = conn.extra_dejson
+        scheme = extra.get("scheme") or conn.schema or "http"
+        nodes = [node.strip() for node in str(extra["hosts"]).split(",") if node.strip()]
+        hosts = [f"{scheme}://{node}" for node in nodes or [f"{conn.host}:{conn.port or 9200}"]]
+        auth = {"basic_auth": (conn.login, conn.password)} if conn.login else {}
+        return Elasticsearch(hosts, request_timeout=120, retry_on_timeout=True, **auth)
 
     log.info("Connection %s is not defined: using %s", ES_CONN_ID, settings.es_url)
     # Every node of a cluster: a request that finds its node dead goes to the next one.

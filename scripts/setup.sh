@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what hitmetrics needs on a fresh Debian machine, idempotently: a JDK, Maven, PostgreSQL, Chromium and a C
+# Installs what hitmetrics needs on a fresh Debian machine, idempotently: a JDK, Maven, PostgreSQL, Redis, Chromium, a C
 # compiler from Debian's packages when missing, the Python virtualenv (.venv) with the pinned requirements and
 # hitmetrics itself (its C fast path compiled), and the local Elasticsearch node's jars. Safe to run again; it does
 # only what is missing.
@@ -10,6 +10,8 @@ need=()
 command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# Redis, the Celery broker of `make stack` and its end-to-end test.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Debian's chromium for the end-to-end browser tests (Playwright drives it; no browser is downloaded).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # A C compiler and Python's headers for the loader's fast path (include/hitmetrics/_fastpath.c).

@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 AIRFLOW_SERVICES = {
-    "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-init",
+    "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker",
+    "airflow-init",
 }  # fmt: skip
+CLUSTER = {"es-certs", "es01", "es02", "es03"}
 # Filled in for the tests; letters and digits only, as .env.example asks.
 SECRETS = {
     "ELASTIC_PASSWORD": "elasticSecret1",
@@ -66,24 +68,71 @@ def filled_env(tmp_path: Path) -> Path:
     return env_file
 
 
-@pytest.fixture
-def stack(filled_env: Path) -> dict:
-    """The compose model after interpolation, with the `debug` profile's CLI service."""
-    done = run_compose(filled_env, "--profile", "debug", "config", "--format", "json")
+def model(env_file: Path, *profiles: str) -> dict:
+    """The compose model after interpolation, with these profiles and the `debug` profile's CLI service."""
+    flags = [arg for profile in ("debug", *profiles) for arg in ("--profile", profile)]
+    done = run_compose(env_file, *flags, "config", "--format", "json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_stack_has_the_official_services_postgres_and_elasticsearch(stack: dict) -> None:
-    assert set(stack["services"]) == AIRFLOW_SERVICES | {"airflow-cli", "postgres", "elasticsearch"}
+@pytest.fixture
+def stack(filled_env: Path) -> dict:
+    """The default stack: the single-node profile of .env.example's COMPOSE_PROFILES."""
+    assert re.search(r"^COMPOSE_PROFILES=single-node$", filled_env.read_text(), re.M)
+    return model(filled_env, "single-node")
+
+
+def test_stack_has_the_official_services_postgres_and_elasticsearch(stack: dict, filled_env: Path) -> None:
+    assert set(stack["services"]) == AIRFLOW_SERVICES | {"airflow-cli", "postgres", "redis", "elasticsearch"}
     assert stack["services"]["airflow-cli"]["profiles"] == ["debug"]
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         needs = stack["services"][name]["depends_on"]
         assert needs["airflow-init"]["condition"] == "service_completed_successfully", name
-        assert needs["postgres"]["condition"] == needs["elasticsearch"]["condition"] == "service_healthy", name
-    for service in stack["services"].values():
+        assert needs["postgres"]["condition"] == needs["redis"]["condition"] == "service_healthy", name
+        # The Elasticsearch of whichever profile runs: each is awaited if present.
+        assert needs["elasticsearch"] == needs["es01"] == {"condition": "service_healthy", "required": False}, name
+    for service in [*stack["services"].values(), *model(filled_env, "cluster")["services"].values()]:
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{port} is published beyond this host"
+
+
+def test_celery_runs_the_tasks_on_two_workers_that_share_no_disk(stack: dict) -> None:
+    worker = stack["services"]["airflow-worker"]
+    assert worker["command"] == ["celery", "worker"] and worker["deploy"]["replicas"] == 2
+    env = worker["environment"]
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:@redis:6379/0"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+    mounts = {volume["target"]: volume for volume in worker["volumes"]}
+    assert mounts[env["HITS_REJECTS"]]["type"] == "volume"  # one rejects store for every worker
+    assert env["HITS_DATA_DIR"] not in mounts  # each container's own data folder
+    assert "celery" in (REPO / "requirements.txt").read_text()
+
+
+def test_the_cluster_profile_runs_three_nodes_with_transport_tls(filled_env: Path) -> None:
+    text = filled_env.read_text().replace("COMPOSE_PROFILES=single-node", "COMPOSE_PROFILES=cluster")
+    text = re.sub(r"^HITS_ES_HOST=.*$", "HITS_ES_HOST=es01", text, flags=re.M)
+    text = re.sub(r"^HITS_ES_HOSTS=.*$", "HITS_ES_HOSTS=es01:9200,es02:9200,es03:9200", text, flags=re.M)
+    filled_env.write_text(text)
+    cluster = model(filled_env, "cluster")
+    assert set(cluster["services"]) >= CLUSTER and "elasticsearch" not in cluster["services"]
+    names = set()
+    for node in ("es01", "es02", "es03"):
+        env = cluster["services"][node]["environment"]
+        names.add(env["node.name"])
+        assert env["discovery.seed_hosts"] == env["cluster.initial_master_nodes"] == "es01,es02,es03"
+        assert env["xpack.security.transport.ssl.certificate"] == f"certs/{node}/{node}.crt"
+        assert cluster["services"][node]["depends_on"]["es-certs"]["condition"] == "service_completed_successfully"
+    assert names == {"es01", "es02", "es03"}
+    published = [p["published"] for n in ("es01", "es02", "es03") for p in cluster["services"][n].get("ports", [])]
+    assert published == ["9200"]
+    conn = cluster["services"]["airflow-worker"]["environment"]["AIRFLOW_CONN_HITS_ELASTICSEARCH"]
+    assert "@es01:9200?" in conn and conn.endswith("hosts=es01:9200,es02:9200,es03:9200")
+    from airflow.sdk import Connection
+
+    assert (
+        Connection.from_uri(conn, conn_id="hits_elasticsearch").extra_dejson["hosts"] == "es01:9200,es02:9200,es03:9200"
+    )
 
 
 def test_airflow_image_and_elasticsearch_match_the_pinned_versions(stack: dict) -> None:
@@ -108,7 +157,7 @@ def test_every_airflow_container_imports_hitmetrics_and_has_both_connections(sta
         mounts = {volume["target"]: volume.get("source") for volume in service["volumes"]}
         for folder in ("include", "dags", "plugins"):
             assert mounts[f"/opt/airflow/{folder}"] == str(REPO / folder), f"{name} lacks {folder}/"
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         for shared in ("AIRFLOW_CONN_HITS_ELASTICSEARCH", "AIRFLOW_CONN_HITS_ROLLUPS", "AIRFLOW__API_AUTH__JWT_SECRET",
                        "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):  # fmt: skip
             assert env[shared] == common[shared], f"{name}: {shared} differs"
@@ -123,7 +172,7 @@ def test_connections_reach_the_stack_services_as_hitmetrics_reads_them(stack: di
     elasticsearch = Connection.from_uri(env["AIRFLOW_CONN_HITS_ELASTICSEARCH"], conn_id="hits_elasticsearch")
     assert (elasticsearch.conn_type, elasticsearch.host, elasticsearch.port) == ("elasticsearch", "elasticsearch", 9200)
     assert (elasticsearch.login, elasticsearch.password) == ("elastic", SECRETS["ELASTIC_PASSWORD"])
-    assert elasticsearch.extra_dejson == {"scheme": "http"}
+    assert elasticsearch.extra_dejson == {"scheme": "http", "hosts": ""}
 
     rollups = Connection.from_uri(env["AIRFLOW_CONN_HITS_ROLLUPS"], conn_id="hits_rollups")
     assert rollups.conn_type == "postgres"
@@ -146,7 +195,8 @@ def test_an_unfilled_env_is_refused_naming_the_variable() -> None:
 
 def test_env_example_lists_every_variable_of_the_compose_file() -> None:
     # `$${...}` is escaped for the container's shell, not read from .env.
-    used = set(re.findall(r"(?<!\$)\$\{(\w+)", COMPOSE_FILE.read_text()))
+    # COMPOSE_PROFILES is Compose's own: it chooses the profiles.
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)", COMPOSE_FILE.read_text())) | {"COMPOSE_PROFILES"}
     listed = set(re.findall(r"^(\w+)=", ENV_EXAMPLE.read_text(), re.M))
     assert used - listed == set()
     assert listed - used == set(), "stale variables in .env.example"

@@ -36,6 +36,21 @@ def test_elasticsearch_client_from_the_connection_or_the_default(monkeypatch, es
     assert glue.elasticsearch_client(Settings(es_url=es_url)).ping()
 
 
+def test_a_connection_names_every_node_of_a_cluster_in_its_hosts_extra(monkeypatch, es_url: str) -> None:
+    dead = "http://127.0.0.1:9"  # nothing listens there: a node that died
+    live = es_url.removeprefix("http://")
+    monkeypatch.setenv("AIRFLOW_CONN_HITS_ELASTICSEARCH",
+                       f"elasticsearch://u:p@127.0.0.1:9?scheme=http&hosts=127.0.0.1:9,{live}")  # fmt: skip
+    client = glue.elasticsearch_client(Settings())
+    urls = sorted(f"http://{node.config.host}:{node.config.port}" for node in client.transport.node_pool.all())
+    assert urls == sorted([dead, es_url])
+    assert all(client.info()["version"]["number"] == "8.19.21" for _ in range(4))  # the live node answers
+    # An empty hosts extra (the compose file's single node) means the connection's own host.
+    url = urlsplit(es_url)
+    monkeypatch.setenv("AIRFLOW_CONN_HITS_ELASTICSEARCH", f"elasticsearch://{url.hostname}:{url.port}?hosts=")
+    assert glue.elasticsearch_client(Settings()).ping()
+
+
 def test_a_landing_url_loads_through_object_storage(es, index_prefix: str, tmp_path: Path) -> None:
     from airflow.sdk import ObjectStoragePath
 

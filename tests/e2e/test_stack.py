@@ -1,0 +1,125 @@
+"""The distributed stack (`make stack`: PostgreSQL, Redis, a 3-node cluster, Airflow with two Celery workers that
+share no disk): a day's load fanned out over both workers, exact, also when a worker is killed mid-load.
+
+Slow (the stack takes about two minutes to start, a killed worker's tasks a minute to be retried); runs in CI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from hitmetrics.sample import generate_day
+from tests.dags.test_hits_nightly import expected_rollups
+from tests.e2e.conftest import ARTIFACTS, hermetic_environment
+from tools import airflowlocal, esnode, stack
+from tools.testing import service_missing
+
+pytestmark = pytest.mark.slow
+NIGHTLY = "hits_nightly"
+RUN_TIMEOUT_S = 480
+
+
+@pytest.fixture(scope="module")
+def running_stack():
+    root = Path(tempfile.mkdtemp(prefix="hitmetrics-stack-"))
+    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its folder
+    base = {**hermetic_environment(), "HITS_SHARD_MB": "0.2"}  # a shard per file of the generated days
+    try:
+        started = stack.start(root, esnode.free_port(), base=base)
+    except (stack.StackError, esnode.NodeError, airflowlocal.AirflowError) as error:
+        service_missing(f"cannot start the stack: {error}")
+    yield started
+    stack.stop(started)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(root / "logs", ARTIFACTS / "stack-logs", dirs_exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def api(running: stack.Stack, method: str, path: str, body: object = None) -> dict:
+    token = airflowlocal.access_token(running.url, running.username, running.password)
+    return airflowlocal.request(f"{running.url}/api/v2{path}", method, body, token=token, timeout=90)
+
+
+def trigger(running: stack.Stack, day: dt.date, run_id: str) -> None:
+    """Trigger hits_nightly for `day`; the scheduled run that unpausing creates (for a day with no folder here) is
+    marked failed, so ours never waits behind it (`max_active_runs=1`)."""
+    api(running, "POST", f"/dags/{NIGHTLY}/dagRuns", {"dag_run_id": run_id, "logical_date": None,
+                                                       "conf": {"day": day.isoformat()}})  # fmt: skip
+    api(running, "PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
+
+
+def task_instances(running: stack.Stack, run_id: str) -> list[dict]:
+    return api(running, "GET", f"/dags/{NIGHTLY}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+
+def wait_for(running: stack.Stack, run_id: str, until=None) -> str:
+    """Poll the run until it ends (or `until(task_instances)` holds); returns its state."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for other in api(running, "GET", f"/dags/{NIGHTLY}/dagRuns")["dag_runs"]:
+            if other["run_type"] == "scheduled" and other["state"] in ("queued", "running"):
+                api(running, "PATCH", f"/dags/{NIGHTLY}/dagRuns/{other['dag_run_id']}", {"state": "failed"})
+        state = api(running, "GET", f"/dags/{NIGHTLY}/dagRuns/{run_id}")["state"]
+        if state in ("success", "failed") or (until and until(task_instances(running, run_id))):
+            return state
+        time.sleep(2)
+    pytest.fail(f"run {run_id} did not end in {RUN_TIMEOUT_S}s: {task_instances(running, run_id)}")
+
+
+def assert_rollups_exact(running: stack.Stack, folder: Path, day: dt.date) -> None:
+    """The published rollups against the test's own reading of the landing files."""
+    users, hits, good, bad = expected_rollups(folder, ZoneInfo("UTC"))
+    engine = sa.create_engine(running.rollups_url)
+    with engine.connect() as conn:
+        start = dt.datetime.combine(day, dt.time(), dt.UTC)
+        rows = conn.execute(sa.text("SELECT environment, page, bucket_start, hits FROM hits_by_page_30m "
+                                    "WHERE bucket_start >= :lo AND bucket_start < :hi"),
+                            {"lo": start, "hi": start + dt.timedelta(days=1)}).all()  # fmt: skip
+        load = conn.execute(sa.text("SELECT read, loaded, rejected FROM hits_loads WHERE landing_day = :d "
+                                    "ORDER BY loaded_at DESC LIMIT 1"), {"d": day}).one()  # fmt: skip
+    engine.dispose()
+    actual = Counter({(env, page, start.astimezone(dt.UTC).replace(tzinfo=None)): n for env, page, start, n in rows})
+    expected = Counter({(env, page, start): n for (env, local, page, start), n in hits.items() if local == day})
+    assert actual == expected
+    assert tuple(load) == (good + bad, good, bad)
+
+
+def test_a_day_fans_out_over_both_workers_and_survives_one_killed(running_stack: stack.Stack) -> None:
+    day = dt.date(2026, 11, 20)
+    sample = generate_day(running_stack.landing, day, hits=60_000, pages=300, users=5_000)
+    trigger(running_stack, day, "fanned-out")
+    assert wait_for(running_stack, "fanned-out") == "success"
+    tis = task_instances(running_stack, "fanned-out")
+    shards = [ti for ti in tis if ti["task_id"] == "load_shard"]
+    assert len(shards) >= 4
+    assert {ti["hostname"] for ti in tis} == {"worker-1", "worker-2"}  # both workers did the run's work
+    assert_rollups_exact(running_stack, sample.folder, day)
+
+    # Again for another day, with the worker of a running shard killed (-9, with its task processes).
+    day = dt.date(2026, 11, 21)
+    sample = generate_day(running_stack.landing, day, hits=400_000, pages=300, users=5_000, seed=11)
+    trigger(running_stack, day, "worker-killed")
+    running_shard: dict = {}
+
+    def a_shard_runs(instances: list[dict]) -> bool:
+        found = [ti for ti in instances if ti["task_id"] == "load_shard" and ti["state"] == "running"]
+        running_shard.update(found[0] if found else {})
+        return bool(found)
+
+    assert wait_for(running_stack, "worker-killed", until=a_shard_runs) == "running"
+    victim = running_shard["hostname"]
+    stack.kill_worker(running_stack, victim)
+    assert wait_for(running_stack, "worker-killed") == "success"
+    (retried,) = [ti for ti in task_instances(running_stack, "worker-killed")
+                  if ti["task_id"] == "load_shard" and ti["map_index"] == running_shard["map_index"]]  # fmt: skip
+    assert retried["try_number"] >= 2 and retried["hostname"] != victim
+    assert_rollups_exact(running_stack, sample.folder, day)
