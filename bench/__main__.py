@@ -2,6 +2,10 @@
 
 Without `--es-url` it starts its own Elasticsearch node (free port, data under /tmp, `--heap`) and stops it at the
 end, also on failure. Results are printed as a table and merged into the JSON file under the run's hit count.
+
+`--cluster N` is the cluster case instead: an N-node cluster of its own (`--heap` each), its raw `_bulk` ceiling
+and the fanned-out load (one child process per shard, `--workers` at a time, then `finish_load`) on it, the node
+CPU per document and the loader CPU per record, and from those a projection for a 100M-hit day.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ TARGETS = {
     "rollup_speedup": 20.0,
     "dag_10m_seconds": 600.0,
     "rss_spread": 0.2,
+    "cluster_loader_vs_ceiling": 0.9,
 }
+PROJECTED_HITS = 100_000_000
+PROJECTED_CORES = 4  # per worker and per node in the projection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heap", default="4g", help="heap of the node the benchmark starts (default 4g)")
     parser.add_argument("--prefix", default="bench", help="index prefix of everything the benchmark creates")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results (merged by hit count)")
+    parser.add_argument("--cluster", type=int, default=0, help="the cluster case on a cluster of this many nodes")
+    parser.add_argument("--workers", type=int, default=2, help="shards loaded at once in the cluster case")
     args = parser.parse_args(argv)
     hits = SMOKE_HITS if args.smoke else args.hits
+    if args.cluster:
+        return cluster_case(args, hits)
 
     work = Path(tempfile.mkdtemp(prefix="hitmetrics-bench-"))
     node_dir = work / "node"
@@ -156,6 +167,106 @@ def run(es: Elasticsearch, url: str, work: Path, hits: int, prefix: str, *, roll
     return result
 
 
+def cluster_case(args: argparse.Namespace, hits: int) -> int:
+    """The cluster case, start to end: its own cluster, its runs, the table, the results file."""
+    work = Path(tempfile.mkdtemp(prefix="hitmetrics-bench-cluster-"))
+    try:
+        print(f"starting a {args.cluster}-node cluster with a {args.heap} heap each ...", flush=True)
+        nodes = esnode.start_cluster(args.cluster, esnode.free_cluster_port(args.cluster), work / "cluster", args.heap)
+        url = ",".join(node.url for node in nodes)
+        es = Elasticsearch([node.url for node in nodes], request_timeout=600)
+        result = run_cluster(es, url, [node.pid for node in nodes], work, hits, args.prefix, args.workers)
+        result["machine"] = stages.machine() | {"nodes": args.cluster, "node_heap": args.heap,
+                                                "elasticsearch": es.info()["version"]["number"]}  # fmt: skip
+        result["smoke"] = args.smoke
+    except (esnode.NodeError, RuntimeError) as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        esnode.stop_cluster(work / "cluster")
+        shutil.rmtree(work, ignore_errors=True)
+    merge(args.output, hits, result, section="cluster_runs")
+    print(cluster_table(result))
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+def run_cluster(
+    es: Elasticsearch, url: str, pids: list[int], work: Path, hits: int, prefix: str, workers: int
+) -> dict[str, Any]:
+    """The ceiling (twice, the better counts) around the fanned-out load, on one generated day."""
+    settings = Settings(data_dir=work / "data", landing=str(work / "landing"), index_prefix=prefix, es_url=url)
+    result: dict[str, Any] = {"hits": hits, "day": DAY.isoformat(), "at": f"{dt.datetime.now(dt.UTC):%FT%TZ}"}
+    step("generating the landing day")
+    generate_day(Path(settings.landing), DAY, hits=hits, pages=1000, users=max(hits // 10, 100))
+    bodies = stages.build_bodies(settings, DAY, f"{prefix}-ceiling", work / "bodies.ndjson")
+
+    def measure_ceiling(sent: stages.Bodies) -> dict[str, Any]:
+        stages.create_plain_index(es, settings, f"{prefix}-ceiling", tuned=True)
+        es.cluster.health(index=f"{prefix}-ceiling", wait_for_status="green", timeout="60s")
+        try:
+            cpu = stages.cpu_seconds(pids)
+            measured = stages.ceiling(es, url, sent, f"{prefix}-ceiling", clients=bulk.BULK_THREADS * workers)
+            cpu = stages.cpu_seconds(pids) - cpu
+            return measured | {"node_cpu_us_per_doc": round(cpu / sent.docs * 1e6, 3)}
+        finally:
+            es.indices.delete(index=f"{prefix}-ceiling")
+
+    step("warming the cluster up (JIT) on part of the bodies")
+    measure_ceiling(bodies.head(WARMUP_BODIES))
+    step("1/3 ceiling: pre-serialized bulk bodies to every node")
+    ceilings = [measure_ceiling(bodies)]
+    step(f"2/3 the fanned-out load: a child process per shard, {workers} at a time, then finish_load")
+    loader = stages.sharded_loader(settings, DAY, workers)
+    delete_indexes(es, prefix)
+    step("3/3 the ceiling again")
+    ceilings.append(measure_ceiling(bodies))
+    bodies.path.unlink()
+    result["ceiling"] = best_run(ceilings)
+    loader["ratio_to_ceiling"] = round(loader["docs_per_s"] / result["ceiling"]["docs_per_s"], 3)
+    result["loader"] = loader
+    result["projection"] = projection(loader["loader_cpu_us_per_record"], result["ceiling"]["node_cpu_us_per_doc"])
+    return result
+
+
+def projection(loader_us: float, node_us: float) -> list[dict[str, Any]]:
+    """Hours for a 100M-hit day on W workers and N nodes of `PROJECTED_CORES` cores, from the measured CPU per
+    record (loader) and per document (the nodes, replica included): the busier side sets the pace."""
+    rows = []
+    for workers, nodes in ((1, 1), (2, 3), (4, 3), (4, 6), (8, 6), (8, 12)):
+        loader_s = PROJECTED_HITS * loader_us / 1e6 / (workers * PROJECTED_CORES)
+        node_s = PROJECTED_HITS * node_us / 1e6 / (nodes * PROJECTED_CORES)
+        minutes = {"loader_minutes": loader_s / 60, "nodes_minutes": node_s / 60, "minutes": max(loader_s, node_s) / 60}
+        rows.append({"workers": workers, "nodes": nodes} | {key: round(value, 1) for key, value in minutes.items()})
+    return rows
+
+
+def cluster_table(result: dict[str, Any]) -> str:
+    ceiling, loader = result["ceiling"], result["loader"]
+    ratio = loader["ratio_to_ceiling"]
+    lines = [
+        f"hitmetrics cluster benchmark: {result['hits']:,} hits, {result['machine']['nodes']} nodes "
+        f"(heap {result['machine']['node_heap']} each) on {result['machine']['cores']} cores",
+        f"{'stage':<44} {'docs':>11} {'seconds':>9} {'docs/s':>9}  ratio / target",
+        f"{'1. ceiling (raw _bulk, ' + str(ceiling['clients']) + ' clients)':<44} "
+        f"{ceiling['docs']:>11,} {ceiling['seconds']:>9.1f} {ceiling['docs_per_s']:>9,}",
+        f"{'2. fanned-out load (' + str(loader['shards']) + ' shards, ' + str(loader['workers']) + ' at a time)':<44} "
+        f"{loader['docs']:>11,} {loader['seconds']:>9.1f} {loader['docs_per_s']:>9,}  {ratio:.2f} x ceiling "
+        f"(>= 0.9: {'met' if ratio >= 0.9 else 'MISSED'})",
+        f"{'   finish_load (sweep, reconcile, restore)':<44} {'':>11} {loader['finish_seconds']:>9.1f}",
+        f"{'   peak RSS per shard task':<44} "
+        + ", ".join(f"{rss / 2**20:.0f}" for rss in loader["shard_peak_rss_bytes"]) + " MiB",
+        f"CPU: loader {loader['loader_cpu_us_per_record']:.2f} µs per record, nodes "
+        f"{ceiling['node_cpu_us_per_doc']:.2f} µs per document (replica included)",
+        f"projected 100M-hit day on machines of {PROJECTED_CORES} cores (minutes):",
+        *(f"  {row['workers']} worker(s), {row['nodes']:>2} node(s): {row['minutes']:>6.1f} "
+          f"(loader {row['loader_minutes']}, nodes {row['nodes_minutes']})" for row in result["projection"]),
+    ]  # fmt: skip
+    if result["smoke"]:
+        lines.append("smoke run: it works; its timings mean nothing")
+    return "\n".join(lines)
+
+
 def best_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the most docs/s, with every run's docs/s."""
     return max(runs, key=lambda run: run["docs_per_s"]) | {"runs_docs_per_s": [run["docs_per_s"] for run in runs]}
@@ -173,14 +284,16 @@ def delete_indexes(es: Elasticsearch, prefix: str) -> None:
     es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-hits-template")
 
 
-def merge(path: Path, hits: int, result: dict[str, Any]) -> dict[str, Any]:
-    """Put this run into the results file under its hit count (other counts' runs are kept); returns all runs."""
+def merge(path: Path, hits: int, result: dict[str, Any], section: str = "runs") -> dict[str, Any]:
+    """Put this run into the results file's `section` under its hit count (other runs are kept); returns the
+    section's runs."""
     try:
-        runs = json.loads(path.read_text())["runs"]
-    except (OSError, ValueError, KeyError):
-        runs = {}
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        document = {}
+    runs = document.get(section, {})
     runs[str(hits)] = result
-    document = {"targets": TARGETS, "runs": dict(sorted(runs.items(), key=lambda item: int(item[0])))}
+    document |= {"targets": TARGETS, section: dict(sorted(runs.items(), key=lambda item: int(item[0])))}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
     return runs

@@ -1,6 +1,7 @@
 """Child processes of the benchmark; each prints one JSON line with its result.
 
 python -m bench.child loader '{"es_url": ..., "landing": ..., "data_dir": ..., "index_prefix": ..., "day": ...}'
+python -m bench.child shard  '{... the same, "shard": {a load.Shard as a dict}}'
 python -m bench.child dag    '{... the same, "rollups_url": ...}'
 """
 
@@ -52,6 +53,26 @@ def run_loader(arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_shard(arguments: dict[str, Any]) -> dict[str, Any]:
+    """`load_shard` for one shard (as one mapped task does), with the process's peak RSS and CPU time."""
+    import resource
+
+    from elasticsearch import Elasticsearch
+
+    from hitmetrics import load
+    from hitmetrics.config import Settings
+
+    settings = Settings(
+        data_dir=Path(arguments["data_dir"]), landing=arguments["landing"],
+        index_prefix=arguments["index_prefix"], es_url=arguments["es_url"],
+    )  # fmt: skip
+    es = Elasticsearch(settings.es_hosts, request_timeout=300)
+    report = load.load_shard(es, settings, load.Shard.from_dict(arguments["shard"]))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"report": report.to_dict(), "peak_rss_bytes": peak_rss_bytes(),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3)}  # fmt: skip
+
+
 def run_dag(arguments: dict[str, Any]) -> dict[str, Any]:
     """`hits_nightly` for the day with `dag.test()`; Airflow's home and metadata database are temporary."""
     home = tempfile.mkdtemp(prefix="hitmetrics-bench-airflow-")
@@ -83,7 +104,7 @@ def run_dag(arguments: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     stage, arguments = argv[0], json.loads(argv[1])
-    result = {"loader": run_loader, "dag": run_dag}[stage](arguments)
+    result = {"loader": run_loader, "shard": run_shard, "dag": run_dag}[stage](arguments)
     print(json.dumps(result))
     return 0
 

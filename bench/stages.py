@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,14 @@ def create_plain_index(es: Elasticsearch, settings: Settings, name: str, *, tune
 
 
 def ceiling(es: Elasticsearch, es_url: str, bodies: Bodies, index: str, clients: int) -> dict[str, Any]:
-    """Raw ingest: the bodies POSTed as they are by `clients` threads, each with its own HTTP connection."""
-    address = urlsplit(es_url)
+    """Raw ingest: the bodies POSTed as they are by `clients` threads, each with its own HTTP connection (to the
+    nodes of a comma-separated `es_url` in turn)."""
+    addresses = [urlsplit(url.strip()) for url in es_url.split(",")]
     work: queue.Queue[bytes | None] = queue.Queue(maxsize=clients * 2)
     failures: list[str] = []
 
-    def client() -> None:
+    def client(number: int) -> None:
+        address = addresses[number % len(addresses)]
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=600)
         try:
             while (body := work.get()) is not None:
@@ -116,7 +119,7 @@ def ceiling(es: Elasticsearch, es_url: str, bodies: Bodies, index: str, clients:
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -276,6 +279,38 @@ def pandas_rollups(
         "by_env_daily": pd.DataFrame({"hits": [len(frame)], "unique_users": [frame["user_id"].nunique()]}),
     }
     return frames, len(frame)
+
+
+def sharded_loader(settings: Settings, day: dt.date, workers: int) -> dict[str, Any]:
+    """The DAG's fanned-out load without a scheduler: one shard per landing file, each loaded by a child process
+    (a mapped task on a worker), `workers` at a time, then `finish_load` here; wall time from plan to finish."""
+    started = time.perf_counter()
+    plan = load.plan_load(settings, day, shard_mb=0.001)  # one shard per file
+    arguments = _child_settings(settings)
+    with ThreadPoolExecutor(workers) as pool:
+        shards = list(pool.map(lambda shard: run_child("shard", arguments | {"shard": shard.to_dict()}), plan.shards))
+    finish_started = time.perf_counter()
+    es = Elasticsearch(settings.es_hosts, request_timeout=600)
+    report = load.finish_load(es, settings, plan, [load.ShardReport.from_dict(s["report"]) for s in shards])
+    seconds = time.perf_counter() - started
+    return _rate(report.loaded, seconds) | {
+        "shards": len(plan.shards),
+        "workers": workers,
+        "finish_seconds": round(time.perf_counter() - finish_started, 3),
+        "shard_seconds": [s["report"]["seconds"] for s in shards],
+        "shard_peak_rss_bytes": [s["peak_rss_bytes"] for s in shards],
+        "loader_cpu_us_per_record": round(sum(s["cpu_seconds"] for s in shards) / report.read * 1e6, 3),
+    }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time used so far by these processes (the cluster's nodes)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def nightly_dag(settings: Settings, day: dt.date, rollups_url: str) -> dict[str, Any]:

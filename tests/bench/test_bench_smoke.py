@@ -49,3 +49,20 @@ def test_the_ui_page_benchmark_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "page view through hitmetrics.dashboard" in done.stdout
     assert {"page_view_seconds", "scan_and_group_seconds", "speedup"} <= set(json.loads(output.read_text()))
+
+
+def test_the_cluster_case_runs_in_smoke_mode(tmp_path: Path) -> None:
+    """`--cluster 3` on a cluster of its own: the ceiling, the fanned-out load and the 100M projection."""
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--cluster", "3", "--heap", "512m", "--output", output],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("1. ceiling", "2. fanned-out load (5 shards, 2 at a time)", "peak RSS per shard", "projected 100M"):
+        assert line in done.stdout
+    run = json.loads(output.read_text())["cluster_runs"]["2000"]
+    assert run["loader"]["docs"] == run["ceiling"]["docs"] == 2000
+    assert len(run["loader"]["shard_peak_rss_bytes"]) == run["loader"]["shards"] == 5
+    assert run["loader"]["loader_cpu_us_per_record"] > 0 and run["ceiling"]["node_cpu_us_per_doc"] > 0
+    assert {(row["workers"], row["nodes"]) for row in run["projection"]} >= {(2, 3), (4, 6)}
