@@ -116,12 +116,7 @@ def run(es: Elasticsearch, url: str, work: Path, hits: int, prefix: str, *, roll
     }
 
     def measure_ceiling(sent: stages.Bodies) -> dict[str, Any]:
-        # The bodies name this index in their action lines, as the loader's name theirs.
-        stages.create_plain_index(es, settings, f"{prefix}-ceiling", tuned=True)
-        try:
-            return stages.ceiling(es, url, sent, f"{prefix}-ceiling", clients=bulk.BULK_THREADS)
-        finally:
-            es.indices.delete(index=f"{prefix}-ceiling")
+        return stages.ceiling_in_new_index(es, settings, url, sent, f"{prefix}-ceiling", bulk.BULK_THREADS, [])
 
     step("warming the node up (JIT) on part of the bodies")
     measure_ceiling(bodies.head(WARMUP_BODIES))
@@ -202,15 +197,8 @@ def run_cluster(
     bodies = stages.build_bodies(settings, DAY, f"{prefix}-ceiling", work / "bodies.ndjson")
 
     def measure_ceiling(sent: stages.Bodies) -> dict[str, Any]:
-        stages.create_plain_index(es, settings, f"{prefix}-ceiling", tuned=True)
-        es.cluster.health(index=f"{prefix}-ceiling", wait_for_status="green", timeout="60s")
-        try:
-            cpu = stages.cpu_seconds(pids)
-            measured = stages.ceiling(es, url, sent, f"{prefix}-ceiling", clients=bulk.BULK_THREADS * workers)
-            cpu = stages.cpu_seconds(pids) - cpu
-            return measured | {"node_cpu_us_per_doc": round(cpu / sent.docs * 1e6, 3)}
-        finally:
-            es.indices.delete(index=f"{prefix}-ceiling")
+        clients = bulk.BULK_THREADS * workers
+        return stages.ceiling_in_new_index(es, settings, url, sent, f"{prefix}-ceiling", clients, pids)
 
     step("warming the cluster up (JIT) on part of the bodies")
     measure_ceiling(bodies.head(WARMUP_BODIES))

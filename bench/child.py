@@ -26,18 +26,24 @@ def peak_rss_bytes() -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
-def run_loader(arguments: dict[str, Any]) -> dict[str, Any]:
-    """`load_landing_day` end to end (parse, validate, load, sweep, reconcile) and the process's peak RSS."""
+def _settings_and_client(arguments: dict[str, Any]) -> tuple[Any, Any]:
+    """The parent's settings and a client for every node they name."""
     from elasticsearch import Elasticsearch
 
     from hitmetrics.config import Settings
-    from hitmetrics.load import load_landing_day
 
     settings = Settings(
         data_dir=Path(arguments["data_dir"]), landing=arguments["landing"],
         index_prefix=arguments["index_prefix"], es_url=arguments["es_url"],
     )  # fmt: skip
-    es = Elasticsearch(settings.es_url, request_timeout=300)
+    return settings, Elasticsearch(settings.es_hosts, request_timeout=300)
+
+
+def run_loader(arguments: dict[str, Any]) -> dict[str, Any]:
+    """`load_landing_day` end to end (parse, validate, load, sweep, reconcile) and the process's peak RSS."""
+    from hitmetrics.load import load_landing_day
+
+    settings, es = _settings_and_client(arguments)
     rss_before = peak_rss_bytes()
     started = time.perf_counter()
     report = load_landing_day(es, settings, dt.date.fromisoformat(arguments["day"]))
@@ -57,16 +63,9 @@ def run_shard(arguments: dict[str, Any]) -> dict[str, Any]:
     """`load_shard` for one shard (as one mapped task does), with the process's peak RSS and CPU time."""
     import resource
 
-    from elasticsearch import Elasticsearch
-
     from hitmetrics import load
-    from hitmetrics.config import Settings
 
-    settings = Settings(
-        data_dir=Path(arguments["data_dir"]), landing=arguments["landing"],
-        index_prefix=arguments["index_prefix"], es_url=arguments["es_url"],
-    )  # fmt: skip
-    es = Elasticsearch(settings.es_hosts, request_timeout=300)
+    settings, es = _settings_and_client(arguments)
     report = load.load_shard(es, settings, load.Shard.from_dict(arguments["shard"]))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"report": report.to_dict(), "peak_rss_bytes": peak_rss_bytes(),

@@ -136,6 +136,23 @@ def ceiling(es: Elasticsearch, es_url: str, bodies: Bodies, index: str, clients:
     return _rate(bodies.docs, seconds) | {"clients": clients, "body_bytes": bulk.CHUNK_BYTES}
 
 
+def ceiling_in_new_index(
+    es: Elasticsearch, settings: Settings, es_url: str, bodies: Bodies, index: str, clients: int, pids: list[int]
+) -> dict[str, Any]:
+    """`ceiling` into `index` created for it (the bodies name it, as the loader's name theirs) and deleted after;
+    with the nodes' `pids`, also their CPU per document."""
+    create_plain_index(es, settings, index, tuned=True)
+    es.cluster.health(index=index, wait_for_status="green", timeout="60s")
+    try:
+        cpu = cpu_seconds(pids)
+        measured = ceiling(es, es_url, bodies, index, clients)
+        if pids:
+            measured["node_cpu_us_per_doc"] = round((cpu_seconds(pids) - cpu) / bodies.docs * 1e6, 3)
+        return measured
+    finally:
+        es.indices.delete(index=index)
+
+
 def naive(es: Elasticsearch, bodies: Bodies, index: str) -> dict[str, Any]:
     """`elasticsearch.helpers.bulk` with its defaults, fed the same documents as dicts."""
 

@@ -1,4 +1,4 @@
-"""The rollup database fixture shared by the rollup and staging tests."""
+"""Fixtures shared by the integration tests: the rollup database, and the loader's settings and backoff."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from hitmetrics import bulk
+from hitmetrics.config import Settings
 from hitmetrics.rollup import create_tables, engine_for
 from tools.testing import service_missing
 
@@ -39,3 +41,15 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, index_prefix: str) -> Settings:
+    """The loader's settings: a landing and data folder of the test's own, its own index prefix."""
+    return Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix=index_prefix)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries at once: a test of the loader's retries need not wait for them."""
+    monkeypatch.setattr(bulk, "INITIAL_BACKOFF_S", 0.0)

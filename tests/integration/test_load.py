@@ -20,16 +20,7 @@ from hitmetrics.load import (
 )
 
 DAY = dt.date(2026, 11, 25)
-
-
-@pytest.fixture
-def settings(tmp_path, index_prefix):
-    return Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix=index_prefix)
-
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    monkeypatch.setattr(bulk, "INITIAL_BACKOFF_S", 0.0)
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 @pytest.fixture(autouse=True, params=["fastpath", "python"])

@@ -7,22 +7,12 @@ from pathlib import Path
 import pytest
 
 from hitmetrics import bulk, load
-from hitmetrics.config import Settings
 from hitmetrics.load import LoadError, finish_load, load_shard, plan_load
 from hitmetrics.sample import generate_day
 from tests.integration.test_load import stored
 
 DAY = dt.date(2026, 11, 25)
-
-
-@pytest.fixture
-def settings(tmp_path, index_prefix):
-    return Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix=index_prefix)
-
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    monkeypatch.setattr(bulk, "INITIAL_BACKOFF_S", 0.0)
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 def test_shards_retried_and_repeated_end_exact(es, settings, index_prefix, monkeypatch):
