@@ -39,6 +39,9 @@ def elasticsearch_client(settings: Settings) -> Elasticsearch:
     """
     from elasticsearch import Elasticsearch
 
+    # One INFO line per request (an index that exists answers 400) would bury the task's own story; a node that
+    # fails is still logged, as a warning.
+    logging.getLogger("elastic_transport.transport").setLevel(logging.WARNING)
     conn = _connection(ES_CONN_ID)
     if conn is not None and "hosts" not in conn.extra_dejson:
         from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchSQLHook

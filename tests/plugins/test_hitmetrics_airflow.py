@@ -34,6 +34,8 @@ def test_elasticsearch_client_from_the_connection_or_the_default(monkeypatch, es
     assert glue.elasticsearch_client(Settings()).info()["version"]["number"] == "8.19.21"
     monkeypatch.delenv("AIRFLOW_CONN_HITS_ELASTICSEARCH")
     assert glue.elasticsearch_client(Settings(es_url=es_url)).ping()
+    # The client's line per request stays out of task logs.
+    assert logging.getLogger("elastic_transport.transport").getEffectiveLevel() == logging.WARNING
 
 
 def test_a_connection_names_every_node_of_a_cluster_in_its_hosts_extra(monkeypatch, es_url: str) -> None:
