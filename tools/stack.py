@@ -130,9 +130,8 @@ def start(
     """Start every service and component (with `base` as their environment, default this process's); return
     once the API is healthy, the DAGs are loaded and every worker is ready. Raises StackError, with everything
     stopped again, when something does not come up."""
-    for tool in ("redis-server",):
-        if not shutil.which(tool):
-            raise StackError(f"{tool} is not installed: apt-get install redis-server (scripts/setup.sh does)")
+    if not shutil.which("redis-server"):
+        raise StackError("redis-server is not installed: apt-get install redis-server (scripts/setup.sh does)")
     if esnode._port_taken(port):
         raise StackError(f"port {port} on 127.0.0.1 is already taken: choose another with --port")
     root.mkdir(parents=True, exist_ok=True)

@@ -457,7 +457,7 @@ def finish_load(
         report.rejected += shard.rejected
     rejects_root = rejects_root if rejects_root is not None else landing_root(settings.rejects_location)
     folder = rejects_root / plan.landing_day.isoformat()
-    parts = [folder / _file_name(shard.rejects_file) for shard in shards if shard.rejects_file]
+    parts = [folder / f"{shard.attempt_id}.jsonl" for shard in shards if shard.rejects_file]
     try:
         report.rejects_file = merge_rejects(parts, folder / f"{plan.load_id}.jsonl")
         # What attempts superseded by a retry left (their reports are not given): this load's, hence ours.
@@ -496,10 +496,6 @@ def finish_load(
             report,
         )
     return report
-
-
-def _file_name(location: str) -> str:
-    return location.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _write_documents(

@@ -50,8 +50,7 @@ def api(running: stack.Stack, method: str, path: str, body: object = None) -> di
 
 
 def trigger(running: stack.Stack, day: dt.date, run_id: str) -> None:
-    """Trigger hits_nightly for `day`; the scheduled run that unpausing creates (for a day with no folder here) is
-    marked failed, so ours never waits behind it (`max_active_runs=1`)."""
+    """Trigger hits_nightly for `day` and unpause it (`wait_for` fails the scheduled run that unpausing creates)."""
     api(running, "POST", f"/dags/{NIGHTLY}/dagRuns", {"dag_run_id": run_id, "logical_date": None,
                                                        "conf": {"day": day.isoformat()}})  # fmt: skip
     api(running, "PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
