@@ -7,6 +7,7 @@ ids, built once, untimed), so only the sending differs. The loader and the DAG r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import orjson
 import pandas as pd
 from elasticsearch import Elasticsearch, helpers
 
-from hitmetrics import aggregate, bulk, load, pipeline
+from hitmetrics import aggregate, bulk, load, pipeline, users
 from hitmetrics.config import Settings
 from hitmetrics.indexes import index_template
 from hitmetrics.ingest import Reject, find_day_files, landing_root, parse_file
@@ -81,8 +82,9 @@ def build_bodies(settings: Settings, day: dt.date, index: str, path: Path) -> Bo
                 if type(item) is Reject:
                     continue
                 body += template % item.line
-                record = item.record
-                source = load._Source(*record, file.source_file, "bench")
+                page, instant, user_id, environment = item.record
+                source = load._Source(page, instant, user_id, users.user_key(user_id), environment, file.source_file,
+                                      "bench")  # fmt: skip
                 encode_into(source, body, -1)
                 body += b"\n"
                 docs += 1
@@ -189,25 +191,45 @@ def loader(settings: Settings, day: dt.date) -> dict[str, Any]:
     return _rate(result["loaded"], result["seconds"]) | result
 
 
+@contextlib.contextmanager
+def approximate_users() -> Generator[None]:
+    """The rollups as they were before exact unique users: Elasticsearch's cardinality estimate of `user_id` in
+    every row, read as it is (the baseline of the exact way's cost)."""
+    estimate = {"unique_users": {"cardinality": {"field": "user_id", "precision_threshold": users.PRECISION_THRESHOLD}}}
+    saved = users.users_aggs, users.exact_users
+    users.users_aggs = lambda wide: estimate  # type: ignore[assignment]
+    users.exact_users = lambda bucket: bucket.get("unique_users", {}).get("value", 0)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        users.users_aggs, users.exact_users = saved
+
+
 def rollups(
     es: Elasticsearch, settings: Settings, partitions: list[tuple[str, str, int]], warmup_s: float
 ) -> dict[str, Any]:
-    """The day's rollups through `aggregate_partitions` (as the nightly DAG computes them), against a scan of
-    every hit of each partition grouped in pandas.
+    """The day's rollups through `aggregate_partitions` (as the nightly DAG computes them): with exact unique users,
+    with the cardinality estimate they had before (`approximate_users`), and by a scan of every hit of each
+    partition grouped in pandas.
 
-    Both produce the four tables' rows; hits must agree exactly, unique users within the cardinality's error.
+    All three produce the four tables' rows; hits must agree exactly, and the exact way's unique users must equal
+    pandas' in every row. The day's partitions across all environments are timed on their own.
     A node that never aggregated runs our requests several times slower (its JIT has not compiled them yet), while
     a node in service has long done so: ours first runs for `warmup_s` untimed (its first, cold round is reported
-    too). Then each way runs twice over the day and is represented by its better round; the pandas way's first
-    round warms its own path. Our requests skip the shard request cache; it is emptied before each of our rounds
-    all the same, so no round can be answered from memory.
+    too). Then each way runs `ROLLUP_ROUNDS` times over the day, exact and approximate in turn, and is represented
+    by its best round; the pandas way's first round warms its own path. Our requests skip the shard request cache;
+    it is emptied before each of our rounds all the same, so no round can be answered from memory.
     """
     jobs = pipeline.partition_indexes(settings, partitions, settings.environments)
+    days = sorted({day for _, day, _ in jobs})
+    all_jobs = [(",".join(index for index, d, _ in jobs if d == day), day, aggregate.ALL) for day in days]
 
-    def aggregate_day() -> tuple[float, list[aggregate.PartitionAggregates]]:
+    def aggregate_day(
+        which: list[tuple[str, dt.date, str]] = jobs,
+    ) -> tuple[float, list[aggregate.PartitionAggregates]]:
         es.indices.clear_cache(index=",".join(index for index, _, _ in jobs), request=True)
         started = time.perf_counter()
-        found = list(aggregate.aggregate_partitions(es, jobs, settings.timezone))
+        found = list(aggregate.aggregate_partitions(es, which, settings.timezone))
         return round(time.perf_counter() - started, 3), found
 
     cold_s, _ = aggregate_day()
@@ -215,41 +237,61 @@ def rollups(
     warmup_end = time.perf_counter() + warmup_s
     while time.perf_counter() < warmup_end:
         aggregate_day()
+        with approximate_users():
+            aggregate_day()
         warmup_rounds += 1
-    ours_rounds: list[float] = []
-    pandas_rounds: list[float] = []
-    hits_agree = True
-    users_error = 0.0
+    rounds: dict[str, list[float]] = {"exact": [], "approximate": [], "all_environments": [], "pandas": []}
+    hits_agree = exact_agree = True
+    approximate_error = 0.0
     for _ in range(ROLLUP_ROUNDS):
-        ours_s, found = aggregate_day()
-        ours_rounds.append(ours_s)
+        exact_s, found = aggregate_day()
+        with approximate_users():
+            approximate_s, estimated = aggregate_day()
+        rounds["exact"].append(exact_s)
+        rounds["approximate"].append(approximate_s)
+        rounds["all_environments"].append(aggregate_day(all_jobs)[0])
         pandas_s = 0.0
         scanned = 0
-        for (index, day, environment), aggs in zip(jobs, found, strict=True):
+        for (index, day, environment), aggs, estimate in zip(jobs, found, estimated, strict=True):
             started = time.perf_counter()
             frames, hits = pandas_rollups(es, index, day, environment, settings.timezone)
             pandas_s += time.perf_counter() - started
             scanned += hits
-            ours = {(row.page, row.bucket_start): (row.hits, row.unique_users) for row in aggs.by_page_30m}
             theirs = frames["by_page_30m"]
             theirs = {(page, start.to_pydatetime()): (h, u) for (page, start), (h, u) in theirs.iterrows()}
+            ours = {(row.page, row.bucket_start): (row.hits, row.unique_users) for row in aggs.by_page_30m}
             hits_agree &= {k: h for k, (h, _) in ours.items()} == {k: h for k, (h, _) in theirs.items()}
-            for key, (_, users) in theirs.items():
-                users_error = max(users_error, abs(ours.get(key, (0, 0))[1] - users) / users)
-        pandas_rounds.append(round(pandas_s, 3))
-    ours_s, pandas_s = min(ours_rounds), min(pandas_rounds)
+            exact_agree &= ours == theirs and _daily_users(aggs) == _daily_users_of(frames)
+            approximated = {(row.page, row.bucket_start): row.unique_users for row in estimate.by_page_30m}
+            for key, (_, count) in theirs.items():
+                approximate_error = max(approximate_error, abs(approximated.get(key, 0) - count) / count)
+        rounds["pandas"].append(round(pandas_s, 3))
+    best = {way: min(seconds) for way, seconds in rounds.items()}
     return {
         "partitions": len(jobs),
         "hits": scanned,
-        "ours_seconds": ours_s,
-        "pandas_seconds": pandas_s,
-        "speedup": round(pandas_s / ours_s, 2) if ours_s else None,
-        "rounds_seconds": {"ours": ours_rounds, "pandas": pandas_rounds},
+        "ours_seconds": best["exact"],
+        "approximate_seconds": best["approximate"],
+        "exact_vs_approximate": round(best["exact"] / best["approximate"], 2),
+        "all_environments_seconds": best["all_environments"],
+        "pandas_seconds": best["pandas"],
+        "speedup": round(best["pandas"] / best["exact"], 2) if best["exact"] else None,
+        "rounds_seconds": rounds,
         "ours_cold_seconds": cold_s,
         "ours_warmup_rounds": warmup_rounds,
         "hits_agree": hits_agree,
-        "unique_users_max_relative_error": round(users_error, 5),
+        "unique_users_exact": exact_agree,
+        "approximate_unique_users_max_relative_error": round(approximate_error, 5),
     }
+
+
+def _daily_users(aggs: aggregate.PartitionAggregates) -> dict[str, int]:
+    return {row.page: row.unique_users for row in aggs.by_page_daily} | {"": aggs.by_env_daily[0].unique_users}
+
+
+def _daily_users_of(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
+    by_page = frames["by_page_daily"]["unique_users"].to_dict()
+    return by_page | {"": int(frames["by_env_daily"]["unique_users"].iloc[0])}
 
 
 def pandas_rollups(

@@ -322,6 +322,33 @@ static int format_integer(long long value, char *out) {
     return n;
 }
 
+/* A signed integer in decimal. */
+static int format_signed(long long value, char *out) {
+    if (value >= 0) return format_integer(value, out);
+    unsigned long long magnitude = 0ULL - (unsigned long long)value;
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    out[0] = '-';
+    for (int i = 0; i < n; i++) out[1 + i] = digits[n - 1 - i];
+    return n + 1;
+}
+
+/* hitmetrics.users.user_key: the long whose BitMixer.mix64 hash has the id's low 25 bits on top. */
+static long long user_key_of(long long user_id) {
+    uint64_t id = (uint64_t)user_id;
+    uint64_t z = ((id & ((1ULL << 25) - 1)) << 39) | (id >> 25);
+    z ^= z >> 32;
+    z *= 0x8bfd21ac23740e59ULL;
+    z ^= (z >> 29) ^ (z >> 58);
+    z *= 0x4434dd7ecb5ab665ULL;
+    z ^= z >> 32;
+    return (long long)z;
+}
+
 static int find_env(Writer *self, const unsigned char *s, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < self->n_envs; i++) {
         PyObject *env = self->envs[i];
@@ -357,19 +384,21 @@ static int write_record(Writer *self, long long number, const unsigned char *pag
     Body *body = (Body *)PyTuple_GET_ITEM(*route, 0);
     PyObject *before = PyTuple_GET_ITEM(*route, 1), *after = PyTuple_GET_ITEM(*route, 2);
     PyObject *env_json = self->envs_json[env];
-    char instant[40], number_text[24], user_text[24];
+    char instant[40], number_text[24], user_text[24], key_text[24];
     int instant_len = format_instant(t, instant);
     int number_len = format_integer(number, number_text);
     int user_len = format_integer(user_id, user_text);
+    int key_len = format_signed(user_key_of(user_id), key_text);
     static const char k_page[] = "{\"page\":\"", k_datetime[] = "\",\"datetime\":\"", k_user[] = "\",\"user_id\":",
-                      k_env[] = ",\"environment\":";
+                      k_key[] = ",\"user_key\":", k_env[] = ",\"environment\":";
 #define PUT(data, len)                \
     do {                              \
         memcpy(out, (data), (len));   \
         out += (len);                 \
     } while (0)
     Py_ssize_t size = PyBytes_GET_SIZE(before) + number_len + PyBytes_GET_SIZE(after) + sizeof k_page - 1 + page_len +
-                      sizeof k_datetime - 1 + instant_len + sizeof k_user - 1 + user_len + sizeof k_env - 1 +
+                      sizeof k_datetime - 1 + instant_len + sizeof k_user - 1 + user_len + sizeof k_key - 1 + key_len +
+                      sizeof k_env - 1 +
                       PyBytes_GET_SIZE(env_json) + PyBytes_GET_SIZE(self->tail);
     if (body_reserve(body, size) < 0) return -1;
     char *out = body_end(body);
@@ -382,6 +411,8 @@ static int write_record(Writer *self, long long number, const unsigned char *pag
     PUT(instant, instant_len);
     PUT(k_user, sizeof k_user - 1);
     PUT(user_text, user_len);
+    PUT(k_key, sizeof k_key - 1);
+    PUT(key_text, key_len);
     PUT(k_env, sizeof k_env - 1);
     PUT(PyBytes_AS_STRING(env_json), PyBytes_GET_SIZE(env_json));
     PUT(PyBytes_AS_STRING(self->tail), PyBytes_GET_SIZE(self->tail));

@@ -29,10 +29,13 @@ from zoneinfo import ZoneInfo
 
 from elasticsearch import ApiError, Elasticsearch
 
+from hitmetrics import users as exact
+
 BUCKET_INTERVAL = "30m"
-# The cardinality aggregation's highest precision. Its counts are estimates at any size (colliding hashes of ids
-# count as one user: 2083 and 5752 do), the closest it gives.
+# The precision of the distinct page count that sizes the work (an estimate is enough there).
 CARDINALITY_PRECISION = 40_000
+# The pseudo-environment of the rows across all environments (hits_all_*); never a valid environment name.
+ALL = "*"
 # Requests of a partition in flight at once: the totals and the page parts. Each is a pass over the partition on
 # one core of the node; one more than a 2-core node has keeps it busy while responses travel and are parsed.
 AGG_CONCURRENCY = 3
@@ -95,18 +98,42 @@ class EnvDay(NamedTuple):
     unique_users: int
 
 
+class AllBucket(NamedTuple):
+    """A row of `hits_all_30m`: hits of every environment together in one local half hour."""
+
+    bucket_start: dt.datetime
+    hits: int
+    unique_users: int
+
+
+class AllDay(NamedTuple):
+    """A row of `hits_all_daily`: hits of every environment together in one local day."""
+
+    day: dt.date
+    hits: int
+    unique_users: int
+
+
 # Rollup table name -> row type; the row fields are the table's columns.
 ROW_TYPES: dict[str, type] = {
     "hits_by_page_30m": PageBucket,
     "hits_by_env_30m": EnvBucket,
     "hits_by_page_daily": PageDay,
     "hits_by_env_daily": EnvDay,
+    "hits_all_30m": AllBucket,
+    "hits_all_daily": AllDay,
 }
+ENV_TABLES = ("hits_by_page_30m", "hits_by_env_30m", "hits_by_page_daily", "hits_by_env_daily")
+ALL_TABLES = ("hits_all_30m", "hits_all_daily")
 
 
 @dataclass
 class PartitionAggregates:
-    """Everything the rollup tables hold for one partition, and the Elasticsearch count to check it against."""
+    """Everything the rollup tables hold for one partition, and the Elasticsearch count to check it against.
+
+    A partition is a local day of one environment, or of all of them together (`environment` is `ALL`: then only
+    the `by_all_*` rows, computed over every environment's index of the day).
+    """
 
     index: str
     environment: str
@@ -117,11 +144,15 @@ class PartitionAggregates:
     by_env_30m: list[EnvBucket] = field(default_factory=list)
     by_page_daily: list[PageDay] = field(default_factory=list)
     by_env_daily: list[EnvDay] = field(default_factory=list)
+    by_all_30m: list[AllBucket] = field(default_factory=list)
+    by_all_daily: list[AllDay] = field(default_factory=list)
 
     def tables(self) -> dict[str, list[Any]]:
-        """The rows by rollup table name, in the order of `ROW_TYPES`."""
+        """The rows of the partition's rollup tables by name: the four of an environment, or the two of `ALL`."""
+        if self.environment == ALL:
+            return {"hits_all_30m": self.by_all_30m, "hits_all_daily": self.by_all_daily}
         return dict(
-            zip(ROW_TYPES, (self.by_page_30m, self.by_env_30m, self.by_page_daily, self.by_env_daily), strict=True)
+            zip(ENV_TABLES, (self.by_page_30m, self.by_env_30m, self.by_page_daily, self.by_env_daily), strict=True)
         )
 
 
@@ -206,22 +237,44 @@ def aggregate_partition(
 
     Buckets are aligned to the zone's local half hours (so +05:45 gives buckets at :15 and :45 UTC) and only
     non-empty ones are returned. Documents outside the local day are ignored, so a stray one cannot add a bucket.
-    `parts` sets how many term partitions the page rows are first asked in (tests); by default the hit and page
-    counts decide: one request for a small partition, parts in parallel for a large one.
+    Unique users are exact (`hitmetrics.users`). With `environment` `ALL`, `index` names every environment's index
+    of the day (comma-separated) and only the rows across environments are computed. `parts` sets how many term
+    partitions the page rows are first asked in (tests); by default the hit and page counts decide: one request
+    for a small partition, parts in parallel for a large one.
     """
     start, end = day_bounds(day, tz)
-    query = {
-        "bool": {
-            "filter": [
-                {"term": {"environment": environment}},
-                {"range": {"datetime": {"gte": start.isoformat(), "lt": end.isoformat()}}},
-            ]
-        }
-    }
+    in_day = {"range": {"datetime": {"gte": start.isoformat(), "lt": end.isoformat()}}}
+    with_pages = environment != ALL
+    query = {"bool": {"filter": [{"term": {"environment": environment}}, in_day] if with_pages else [in_day]}}
+
+    # Hits, distinct pages (global ordinals: cheap) and the span of user ids size the work; the rows come in a
+    # snapshot of their own.
+    count = _search(
+        es,
+        query,
+        {
+            "pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}},
+            "user_min": {"min": {"field": "user_id"}},
+            "user_max": {"max": {"field": "user_id"}},
+            "user_keys": {"value_count": {"field": exact.FIELD}},
+        },
+        index=index,
+        track_total_hits=True,
+    )
+    hits = count["hits"]["total"]["value"]
+    found_aggs = count.get("aggregations", {})
+    keyed = found_aggs.get("user_keys", {}).get("value", 0)
+    if keyed != hits:
+        raise ChecksFailed(
+            PartitionCheck(environment, day, hits, hits, hits,
+                           f"{hits - keyed} of {hits} hits in {index} have no {exact.FIELD} (loaded by a version "
+                           "before exact unique users): load their landing days again to count users exactly"),
+        )  # fmt: skip
+    span = (found_aggs.get("user_max", {}).get("value") or 0) - (found_aggs.get("user_min", {}).get("value") or 0)
+    users = exact.users_aggs(wide=span >= exact.BLOCK)
     half_hours = {
         "date_histogram": {"field": "datetime", "fixed_interval": BUCKET_INTERVAL, "time_zone": tz, "min_doc_count": 1}
     }
-    users = {"unique_users": {"cardinality": {"field": "user_id", "precision_threshold": CARDINALITY_PRECISION}}}
     # The totals are the check's independent source. The day's bucket comes from Elasticsearch's own calendar
     # rounding: an independent check of day_bounds.
     totals = {
@@ -229,17 +282,7 @@ def aggregate_partition(
         "by_day": {"date_histogram": {"field": "datetime", "calendar_interval": "1d", "time_zone": tz}, "aggs": users},
     }
     page_aggs = {**users, "by_30m": {**half_hours, "aggs": users}}
-
-    # Hits and distinct pages (global ordinals: cheap) size the work; the rows come in a snapshot of their own.
-    count = _search(
-        es,
-        query,
-        {"pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}},
-        index=index,
-        track_total_hits=True,
-    )
-    hits = count["hits"]["total"]["value"]
-    page_count = _pages_of(count).get("value", 0)
+    page_count = _pages_of(count).get("value", 0) if with_pages else 0
     size = _terms_size(page_count)
     if parts is None:
         slots = math.ceil((end - start) / dt.timedelta(minutes=30))
@@ -254,12 +297,66 @@ def aggregate_partition(
 
     if not hits:
         found, page_buckets = count, []
+    elif not with_pages:
+        found, page_buckets = _search(es, query, totals, index=index, track_total_hits=True), []
     elif parts == 1 and (found := _in_one_request(es, index, query, {**totals, **pages(0, 1)})):
         page_buckets = _pages_of(found).get("buckets", [])
     else:
         # Two halves at least when one request was refused or fell short.
         found, page_buckets = _in_parts(es, index, query, totals, pages, max(parts, 2))
+    _count_large_rows(es, index, query, totals, found, page_buckets)
     return _partition_aggregates(index, environment, day, tz, start, found, page_buckets)
+
+
+def _count_large_rows(
+    es: Elasticsearch,
+    index: str,
+    query: dict[str, Any],
+    totals: dict[str, Any],
+    found: dict[str, Any],
+    page_buckets: list[dict[str, Any]],
+) -> None:
+    """Ask again, in parts of `users.SPLIT` ids, every row whose users `users.exact_users` cannot count exactly,
+    in one request, and put each row's exact count in its bucket (`unique_users.value`, read by `_users`).
+
+    The environment's rows are asked again as a whole if one needs it, a page's if one of its rows does.
+    """
+    aggs = found.get("aggregations", {})
+    env_levels = [name for name in totals if any(_needs_split(b) for b in aggs.get(name, {}).get("buckets", []))]
+    big_pages = sorted(
+        bucket["key"] for bucket in page_buckets
+        if _needs_split(bucket) or any(map(_needs_split, bucket["by_30m"]["buckets"]))
+    )  # fmt: skip
+    if not env_levels and not big_pages:
+        return
+    split = exact.split_aggs()
+    request = {name: {**totals[name], "aggs": split} for name in env_levels}
+    if big_pages:
+        half_hours = {**totals["by_30m"], "aggs": split}
+        request["pages"] = {"terms": {"field": "page", "include": big_pages, "size": len(big_pages)},
+                            "aggs": {**split, "by_30m": half_hours}}  # fmt: skip
+    again = _search(es, query, request, index=index).get("aggregations", {})
+    for name in env_levels:
+        _settle(aggs[name]["buckets"], again[name]["buckets"])
+    by_page = {bucket["key"]: bucket for bucket in again.get("pages", {}).get("buckets", [])}
+    for bucket in page_buckets:
+        if bucket["key"] in by_page:
+            _settle([bucket], [by_page[bucket["key"]]])
+            _settle(bucket["by_30m"]["buckets"], by_page[bucket["key"]]["by_30m"]["buckets"])
+
+
+def _needs_split(bucket: dict[str, Any]) -> bool:
+    return exact.exact_users(bucket) is None
+
+
+def _settle(buckets: list[dict[str, Any]], counted: list[dict[str, Any]]) -> None:
+    """Replace the user aggregations of `buckets` by their exact count from `counted` (same keys)."""
+    exact_of = {bucket["key"]: exact.exact_users(bucket) for bucket in counted}
+    for bucket in buckets:
+        if bucket["key"] not in exact_of:
+            raise RuntimeError(f"bucket {bucket['key']} vanished between two requests of one partition")
+        bucket.pop("user_blocks", None)
+        bucket["unique_users"] = {"value": exact_of[bucket["key"]], "exact": True}
 
 
 def _in_one_request(
@@ -349,21 +446,18 @@ def _partition_aggregates(
     # filter_path leaves out what is empty: no buckets, or no aggregations at all.
     aggs = found.get("aggregations", {})
     by_30m, by_day = (aggs.get(name, {}).get("buckets", []) for name in ("by_30m", "by_day"))
-    return PartitionAggregates(
-        index=index,
-        environment=environment,
-        day=day,
-        timezone=tz,
-        es_count=found["hits"]["total"]["value"],
-        by_page_30m=by_page_30m,
-        by_env_30m=[EnvBucket(environment, instants[b["key"]], b["doc_count"], _users(b)) for b in by_30m],
-        by_page_daily=by_page_daily,
-        by_env_daily=[
-            EnvDay(environment, day, b["doc_count"], _users(b))
-            for b in by_day
-            if b["doc_count"] and _utc(b["key"]) == start
-        ],
+    days = [b for b in by_day if b["doc_count"] and _utc(b["key"]) == start]
+    found_rows = PartitionAggregates(
+        index=index, environment=environment, day=day, timezone=tz, es_count=found["hits"]["total"]["value"]
     )
+    if environment == ALL:
+        found_rows.by_all_30m = [AllBucket(instants[b["key"]], b["doc_count"], _users(b)) for b in by_30m]
+        found_rows.by_all_daily = [AllDay(day, b["doc_count"], _users(b)) for b in days]
+    else:
+        found_rows.by_page_30m, found_rows.by_page_daily = by_page_30m, by_page_daily
+        found_rows.by_env_30m = [EnvBucket(environment, instants[b["key"]], b["doc_count"], _users(b)) for b in by_30m]
+        found_rows.by_env_daily = [EnvDay(environment, day, b["doc_count"], _users(b)) for b in days]
+    return found_rows
 
 
 def aggregate_partitions(
@@ -445,7 +539,14 @@ def _utc(epoch_millis: int) -> dt.datetime:
 
 
 def _users(bucket: dict[str, Any]) -> int:
-    return bucket["unique_users"]["value"]
+    """A bucket's exact unique users: settled by `_count_large_rows`, or counted by `users.exact_users`."""
+    users = bucket.get("unique_users", {})
+    if users.get("exact"):
+        return users["value"]
+    counted = exact.exact_users(bucket)
+    if counted is None:
+        raise RuntimeError(f"bucket {bucket.get('key')} was left unsplit")
+    return counted
 
 
 def evaluate_partition(aggs: PartitionAggregates) -> PartitionCheck:
@@ -453,20 +554,21 @@ def evaluate_partition(aggs: PartitionAggregates) -> PartitionCheck:
 
     Also the page tables must add up to the environment tables: a page missed while paging would show there.
     """
-    daily_hits = sum(row.hits for row in aggs.by_env_daily)
-    sum_30m_hits = sum(row.hits for row in aggs.by_env_30m)
+    tables = aggs.tables()
+    daily, half_hours = (
+        ("hits_all_daily", "hits_all_30m") if aggs.environment == ALL else ("hits_by_env_daily", "hits_by_env_30m")
+    )
+    daily_hits = sum(row.hits for row in tables[daily])
+    sum_30m_hits = sum(row.hits for row in tables[half_hours])
     problems = []
     if not aggs.es_count == daily_hits == sum_30m_hits:
         problems.append(
             f"sum of 30-minute hits {sum_30m_hits}, daily hits {daily_hits} "
             f"and Elasticsearch count {aggs.es_count} differ"
         )
-    for table, rows, expected in (
-        ("hits_by_page_30m", aggs.by_page_30m, sum_30m_hits),
-        ("hits_by_page_daily", aggs.by_page_daily, daily_hits),
-    ):
-        total = sum(row.hits for row in rows)
-        if total != expected:
+    for table, expected in (("hits_by_page_30m", sum_30m_hits), ("hits_by_page_daily", daily_hits)):
+        total = sum(row.hits for row in tables.get(table, ()))
+        if table in tables and total != expected:
             problems.append(f"{table} adds up to {total} hits instead of {expected}")
     return PartitionCheck(
         aggs.environment, aggs.day, aggs.es_count, daily_hits, sum_30m_hits, "; ".join(problems) or None

@@ -130,10 +130,19 @@ def create_index(
     if response.meta.status == 200:
         return True
     if response.body.get("error", {}).get("type") == "resource_already_exists_exception":
-        # Made by someone else, e.g. by a write that created it: it is ours by its name, and gets its aliases.
+        # Made by someone else, e.g. by a write that created it, or by an older version: it is ours by its name,
+        # and gets its aliases and the fields added since (a mapping only grows: `user_key`).
         es.indices.update_aliases(actions=[{"add": {"index": name, "alias": alias}} for alias in aliases])
+        es.indices.put_mapping(index=name, **Hit._index.to_dict()["mappings"])
         return False
     raise RuntimeError(f"creating index {name} failed: {response.body.get('error')}")
+
+
+def day_indexes(es: Elasticsearch, settings: Settings, day: dt.date) -> list[str]:
+    """The existing indexes of `day` of every configured environment."""
+    names = [index_name(settings.index_prefix, day, environment) for environment in settings.environments]
+    found = es.indices.get(index=",".join(names), ignore_unavailable=True, allow_no_indices=True, features="aliases")
+    return [name for name in names if name in found]
 
 
 def hit_indexes(es: Elasticsearch, prefix: str) -> dict[str, tuple[dt.date, str]]:

@@ -65,6 +65,7 @@ from hitmetrics.ingest import (
     parse_batches,
 )
 from hitmetrics.rejects import RejectsError, RejectsFile, merge_rejects
+from hitmetrics.users import user_key
 
 try:
     from hitmetrics import _fastpath
@@ -123,6 +124,7 @@ class _Source(msgspec.Struct):
     page: str
     datetime: dt.datetime
     user_id: int
+    user_key: int
     environment: str
     source_file: str
     load_id: str
@@ -588,7 +590,19 @@ def _write_documents(
                         (instant.date() if utc else instant.astimezone(tz).date(), environment)
                     )
                     body.write(action % item.line)
-                    body.write(encode(_Source(item.page, instant, item.user_id, environment, source_file, load_id)))
+                    body.write(
+                        encode(
+                            _Source(
+                                item.page,
+                                instant,
+                                item.user_id,
+                                user_key(item.user_id),
+                                environment,
+                                source_file,
+                                load_id,
+                            )
+                        )
+                    )  # fmt: skip)
                     body.write(b"\n")
                     body.docs += 1
                     if _full(body):

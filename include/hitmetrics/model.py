@@ -7,7 +7,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
-from elasticsearch.dsl import Date, Document, Integer, Keyword, MetaField
+from elasticsearch.dsl import Date, Document, Integer, Keyword, Long, MetaField
 
 FIELDS = ("page", "datetime", "user_id", "environment")
 MAX_PAGE_LENGTH = 2048
@@ -34,6 +34,8 @@ class Hit(Document):
     page = Keyword()
     datetime = Date()
     user_id = Integer()
+    # What exact unique users count (`hitmetrics.users.user_key`): only its doc values are read.
+    user_key = Long(index=False)
     environment = Keyword()
     # Lineage: which landing file the hit came from (relative to the landing root) and which load last wrote it.
     source_file = Keyword()

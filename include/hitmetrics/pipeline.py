@@ -126,16 +126,22 @@ def partition_indexes(
 def aggregate_partitions(
     es: Elasticsearch, settings: Settings, plan: RunPlan, load_report: dict[str, Any], database_url: str
 ) -> list[list[str]]:
-    """Aggregate each partition the load touched, of the plan's environments, and stage it in the rollup database
-    under the load id; returns the staged partitions as [day, environment] pairs (for XCom)."""
+    """Aggregate each partition the load touched, of the plan's environments, and each of its days across all
+    environments (`aggregate.ALL`, over every environment's index of the day), and stage them in the rollup
+    database under the load id; returns the staged partitions as [day, environment] pairs (for XCom)."""
     engine = rollup.engine_for(database_url)
     rollup.create_tables(engine)
     partitions = partition_indexes(settings, load_report["partitions"], plan.environments)
+    days = sorted({day for _, day, _ in partition_indexes(settings, load_report["partitions"], settings.environments)})
+    partitions += [(",".join(indexes.day_indexes(es, settings, day)), day, aggregate.ALL) for day in days]
     staged = []
     for aggs in aggregate.aggregate_partitions(es, partitions, settings.timezone):
         day, environment = staging.stage_partition(engine, load_report["load_id"], aggs)
         staged.append([day.isoformat(), environment])
-        log.info("%s %s: %d hits in %d pages, staged", day, environment, aggs.es_count, len(aggs.by_page_daily))
+        if environment == aggregate.ALL:
+            log.info("%s all environments: %d hits, staged", day, aggs.es_count)
+        else:
+            log.info("%s %s: %d hits in %d pages, staged", day, environment, aggs.es_count, len(aggs.by_page_daily))
     return staged
 
 

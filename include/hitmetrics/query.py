@@ -28,6 +28,7 @@ from hitmetrics.config import Settings
 from hitmetrics.connect import CLIENT_ERRORS, friendly_errors
 from hitmetrics.indexes import create_indexes, index_name, local_day, parse_index_name
 from hitmetrics.model import FIELDS, Hit, HitRecord, parse_datetime, validate_hit, validate_text_hit
+from hitmetrics.users import user_key
 
 DEFAULT_INTERVAL = "30m"
 # Elasticsearch's default `search.max_buckets`; asking for more fails on the server, so say so before asking.
@@ -223,7 +224,7 @@ def save_hit(es: Elasticsearch, settings: Settings, raw: Mapping[str, object], *
         if not es.indices.exists(index=index):
             create_indexes(es, settings, [day], [hit.environment])
         document = Hit(meta={"id": doc_id}, page=hit.page, datetime=hit.datetime, user_id=hit.user_id,
-                       environment=hit.environment)  # fmt: skip
+                       user_key=user_key(hit.user_id), environment=hit.environment)  # fmt: skip
         # save() returns "created" or "updated" (not a boolean, as it once did).
         result = document.save(using=es, index=index, refresh="wait_for")
     return SaveResult(index=index, id=doc_id, result=result, hit=hit)

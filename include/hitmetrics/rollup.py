@@ -1,8 +1,9 @@
 """The rollup tables BI reads (SQLAlchemy Core, SQLite and PostgreSQL).
 
-A run's partitions (local day, environment) are replaced in one transaction: their rows in all four tables are
-deleted and the new ones inserted, so readers see the old run or the new one, never half of a day or of a run,
-and a failed write leaves the previous rows. Instants are UTC: `timestamptz` on PostgreSQL, `YYYY-MM-DD HH:MM:SS`
+A run's partitions (local day, environment) are replaced in one transaction: their rows in the four tables of an
+environment (or the two across all environments, the partition `ALL`) are deleted and the new ones inserted, so
+readers see the old run or the new one, never half of a day or of a run, and a failed write leaves the previous
+rows. Instants are UTC: `timestamptz` on PostgreSQL, `YYYY-MM-DD HH:MM:SS`
 text (SQLite's own format, always UTC) on SQLite. Every table and column is documented in docs/rollups.md and,
 on PostgreSQL, as database comments.
 """
@@ -42,6 +43,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ColumnElement
 
 from hitmetrics.aggregate import (
+    ALL,
+    ALL_TABLES,
+    ENV_TABLES,
     ROW_TYPES,
     ChecksFailed,
     PartitionAggregates,
@@ -115,7 +119,7 @@ def _measures() -> list[Column]:
             "unique_users",
             BigInteger,
             nullable=False,
-            comment="Distinct user_id values among these hits, as estimated by Elasticsearch. Never sum across rows.",
+            comment="Distinct user_id values among these hits, exact. Never sum across rows: a user may be in many.",
         ),
     ]
 
@@ -160,6 +164,23 @@ hits_by_env_daily = Table(
     *_measures(),
     PrimaryKeyConstraint("environment", "day"),
     comment="Hits per environment and local day, all pages together.",
+)
+
+hits_all_30m = Table(
+    "hits_all_30m",
+    metadata,
+    _bucket_start(),
+    *_measures(),
+    PrimaryKeyConstraint("bucket_start"),
+    comment="Hits of all environments together per 30-minute bucket; a user seen in two environments counts once.",
+)
+hits_all_daily = Table(
+    "hits_all_daily",
+    metadata,
+    _day(),
+    *_measures(),
+    PrimaryKeyConstraint("day"),
+    comment="Hits of all environments together per local day; a user seen in two environments counts once.",
 )
 
 hits_loads = Table(
@@ -280,11 +301,13 @@ def _replace_rows(conn: Connection, aggs: PartitionAggregates) -> None:
 
 
 def _in_partition(table: Table, environment: str, day: dt.date, tz: str) -> ColumnElement[bool]:
-    """The rows of a rollup table that belong to the partition (environment, local day)."""
+    """The rows of a rollup table that belong to the partition (environment or `ALL`, local day)."""
     if "day" in table.c:
-        return and_(table.c.environment == environment, table.c.day == day)
-    start, end = day_bounds(day, tz)
-    return and_(table.c.environment == environment, table.c.bucket_start >= start, table.c.bucket_start < end)
+        in_time = table.c.day == day
+    else:
+        start, end = day_bounds(day, tz)
+        in_time = and_(table.c.bucket_start >= start, table.c.bucket_start < end)
+    return in_time if "environment" not in table.c else and_(table.c.environment == environment, in_time)
 
 
 def _refuse_rows_outside(aggs: PartitionAggregates) -> None:
@@ -292,7 +315,7 @@ def _refuse_rows_outside(aggs: PartitionAggregates) -> None:
     start, end = day_bounds(aggs.day, aggs.timezone)
     for name, rows in aggs.tables().items():
         for row in rows:
-            inside = row.environment == aggs.environment and (
+            inside = getattr(row, "environment", ALL) == aggs.environment and (
                 start <= row.bucket_start < end if hasattr(row, "bucket_start") else row.day == aggs.day
             )
             if not inside:
@@ -351,11 +374,12 @@ def _write_load(conn: Connection, report: Mapping[str, Any]) -> None:
 
 
 def read_partition(engine: Engine, environment: str, day: dt.date, tz: str) -> dict[str, list[Any]]:
-    """A partition's rows by table name, as the row types of `hitmetrics.aggregate` (for tests and the UI)."""
+    """A partition's rows by table name, as the row types of `hitmetrics.aggregate` (for tests and the UI); the
+    environment `ALL` reads the tables across environments."""
     found: dict[str, list[Any]] = {}
     with engine.connect() as conn:
-        for name, row_type in ROW_TYPES.items():
-            table = ROLLUP_TABLES[name]
+        for name in ALL_TABLES if environment == ALL else ENV_TABLES:
+            row_type, table = ROW_TYPES[name], ROLLUP_TABLES[name]
             query = select(table).where(_in_partition(table, environment, day, tz)).order_by(*table.primary_key)
             found[name] = [row_type(**row._mapping) for row in conn.execute(query)]
     return found

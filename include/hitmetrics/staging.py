@@ -48,6 +48,8 @@ def _key_columns() -> list[Column]:
 def _twin(table: Table) -> Table:
     """A staging table for `table`: its columns and key, after the run's key and the partition's day."""
     columns = [Column(c.name, c.type, nullable=c.nullable, comment=c.comment) for c in table.columns]
+    if "environment" not in table.c:  # the tables across environments: their partition is ALL
+        columns.insert(0, Column("environment", String(64), nullable=False, comment="The partition: '*'."))
     name = "hits_staging_" + table.name.removeprefix("hits_")
     return Table(
         name, metadata, *_key_columns(), *columns,
@@ -84,7 +86,7 @@ def stage_partition(engine: Engine, run_key: str, aggs: PartitionAggregates) -> 
              "es_count": aggs.es_count, "staged_at": dt.datetime.now(dt.UTC)},
         )  # fmt: skip
         for name, rows in aggs.tables().items():
-            values = [{**key, **row._asdict()} for row in rows]
+            values = [{**key, "environment": aggs.environment, **row._asdict()} for row in rows]
             for first in range(0, len(values), INSERT_BATCH):
                 conn.execute(insert(STAGING_TABLES[name]), values[first : first + INSERT_BATCH])
     return aggs.day, aggs.environment
@@ -113,10 +115,10 @@ def _read(conn: Connection, run_key: str, partitions: Sequence[Partition]) -> It
             index=header.index_name, environment=environment, day=day, timezone=header.timezone,
             es_count=header.es_count,
         )  # fmt: skip
-        for name, table in STAGING_TABLES.items():
+        for name, rows in aggs.tables().items():
+            table = STAGING_TABLES[name]
             columns = [table.c[field] for field in ROW_TYPES[name]._fields]
             query = select(*columns).where(*_partition(table, run_key, day, environment))
-            rows = aggs.tables()[name]
             rows.extend(ROW_TYPES[name](*row) for row in conn.execute(query.order_by(*columns)))
         yield aggs
 

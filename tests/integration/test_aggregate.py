@@ -23,6 +23,7 @@ from hitmetrics.aggregate import (
     day_bounds,
 )
 from hitmetrics.config import Settings
+from hitmetrics.users import user_key
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ def make_index(es: Elasticsearch, prefix: str, day: dt.date, environment: str, h
             "page": hit.page,
             "datetime": hit.at.isoformat(),
             "user_id": hit.user_id,
+            "user_key": user_key(hit.user_id),
             "environment": hit.environment,
             "source_file": "test/hits.jsonl",
             "load_id": "test",

@@ -37,6 +37,7 @@ from hitmetrics.rollup import (
     replace_partition,
 )
 from hitmetrics.staging import publish_staged, stage_partition
+from hitmetrics.users import user_key
 
 BERLIN = "Europe/Berlin"
 DAY = dt.date(2026, 3, 29)  # 23 hours long in Berlin
@@ -205,7 +206,12 @@ def test_elasticsearch_to_rollups(engine: Engine, es: Elasticsearch, index_prefi
         {"page": f"/p{n % 5}", "datetime": at.isoformat(), "user_id": n % 11, "environment": "production"}
         for n, at in enumerate(instants)
     ]
-    helpers.bulk(es, ({"_index": index, "source_file": "t.jsonl", "load_id": "t", **hit} for hit in hits), refresh=True)
+    helpers.bulk(
+        es,
+        ({"_index": index, "source_file": "t.jsonl", "load_id": "t", "user_key": user_key(hit["user_id"]), **hit}
+         for hit in hits),
+        refresh=True,
+    )  # fmt: skip
     aggs = aggregate_partition(es, index, day, "production", tz)
     publish_staged(engine, "run-1", [stage_partition(engine, "run-1", aggs)])  # as the two tasks do
 

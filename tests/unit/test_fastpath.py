@@ -17,6 +17,7 @@ import pytest
 from hitmetrics import ingest, load, model
 from hitmetrics.ingest import LandingFile, ParsedHit, Reject, parse_batches, parse_file
 from hitmetrics.sample import generate_day
+from hitmetrics.users import user_key
 
 from .test_ingest import TRICKY_CSV, TRICKY_JSON
 
@@ -42,7 +43,9 @@ def both_ways(tmp_path, name: str, data: bytes, timezone: str = "UTC"):
 
     def document(hit: ParsedHit) -> bytes:
         index = index_of(hit.datetime.astimezone(zone).date(), hit.environment)
-        source = load._Source(hit.page, hit.datetime, hit.user_id, hit.environment, file.source_file, LOAD_ID)
+        source = load._Source(
+            hit.page, hit.datetime, hit.user_id, user_key(hit.user_id), hit.environment, file.source_file, LOAD_ID
+        )
         return load._action_template(index, id_prefix) % hit.line + msgspec.json.encode(source) + b"\n"
 
     def outcome(items, written=()) -> tuple[list[bytes], list[tuple]]:

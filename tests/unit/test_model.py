@@ -158,8 +158,13 @@ def test_hit_document_mapping_is_strict_with_lineage():
     assert {name: field["type"] for name, field in mapping["properties"].items()} == {
         "page": "keyword",
         "datetime": "date",
+        "user_key": "long",
         "user_id": "integer",
         "environment": "keyword",
         "source_file": "keyword",
         "load_id": "keyword",
     }
+
+
+def test_user_key_is_only_read_from_doc_values():
+    assert Hit._doc_type.mapping.to_dict()["properties"]["user_key"] == {"type": "long", "index": False}

@@ -37,6 +37,8 @@ def test_natural_primary_keys() -> None:
         "hits_by_env_30m": {"environment", "bucket_start"},
         "hits_by_page_daily": {"environment", "page", "day"},
         "hits_by_env_daily": {"environment", "day"},
+        "hits_all_30m": {"bucket_start"},
+        "hits_all_daily": {"day"},
         "hits_loads": {"load_id"},
         "hits_checks": {"environment", "day"},
         # Staging: a run's rows, keyed like the tables they are for.
@@ -44,6 +46,8 @@ def test_natural_primary_keys() -> None:
         "hits_staging_by_env_30m": {"run_key", "partition_day", "environment", "bucket_start"},
         "hits_staging_by_page_daily": {"run_key", "partition_day", "environment", "page", "day"},
         "hits_staging_by_env_daily": {"run_key", "partition_day", "environment", "day"},
+        "hits_staging_all_30m": {"run_key", "partition_day", "bucket_start"},
+        "hits_staging_all_daily": {"run_key", "partition_day", "day"},
         "hits_staging_partitions": {"run_key", "environment", "partition_day"},
     }
 
