@@ -317,6 +317,8 @@ def table(result: dict[str, Any], runs: dict[str, Any]) -> str:
         f"{'':>11}up to {rollups['approximate_unique_users_max_relative_error']:.2%} off",
         f"{'   rollups: the day across all environments':<44} {rollups['hits']:>11,} "
         f"{rollups['all_environments_seconds']:>9.2f}",
+        f"{'   visits, bounces, entry and exit pages':<44} {rollups['hits']:>11,} {rollups['visits_seconds']:>9.2f}"
+        f"{'':>11}{rollups['visits_seconds'] / rollups['ours_seconds']:.1f} x the 30-minute rollups",
         f"{'   rollups: pandas scan + groupby':<44} {rollups['hits']:>11,} {rollups['pandas_seconds']:>9.2f}"
         f"{'':>11}exact is {rollups['speedup']:.1f} x faster (>= 10: "
         f"{verdict((rollups['speedup'] or 0) >= TARGETS['rollup_speedup'])}); hits agree: {rollups['hits_agree']}",

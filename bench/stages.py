@@ -29,9 +29,9 @@ import orjson
 import pandas as pd
 from elasticsearch import Elasticsearch, helpers
 
-from hitmetrics import aggregate, bulk, load, pipeline, users
+from hitmetrics import aggregate, bulk, load, pipeline, users, visits
 from hitmetrics.config import Settings
-from hitmetrics.indexes import index_template
+from hitmetrics.indexes import index_name, index_template
 from hitmetrics.ingest import Reject, find_day_files, landing_root, parse_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ def rollups(
 ) -> dict[str, Any]:
     """The day's rollups through `aggregate_partitions` (as the nightly DAG computes them): with exact unique users,
     with the cardinality estimate they had before (`approximate_users`), and by a scan of every hit of each
-    partition grouped in pandas.
+    partition grouped in pandas; and the day's visits (`visits.day_visits`), which walk every hit.
 
     All three produce the four tables' rows; hits must agree exactly, and the exact way's unique users must equal
     pandas' in every row. The day's partitions across all environments are timed on their own.
@@ -240,7 +240,14 @@ def rollups(
         with approximate_users():
             aggregate_day()
         warmup_rounds += 1
-    rounds: dict[str, list[float]] = {"exact": [], "approximate": [], "all_environments": [], "pandas": []}
+    rounds: dict[str, list[float]] = {
+        "exact": [],
+        "approximate": [],
+        "all_environments": [],
+        "visits": [],
+        "pandas": [],
+    }
+    gap = dt.timedelta(minutes=settings.visit_gap_minutes)
     hits_agree = exact_agree = True
     approximate_error = 0.0
     for _ in range(ROLLUP_ROUNDS):
@@ -250,6 +257,11 @@ def rollups(
         rounds["exact"].append(exact_s)
         rounds["approximate"].append(approximate_s)
         rounds["all_environments"].append(aggregate_day(all_jobs)[0])
+        started = time.perf_counter()
+        for _, day, environment in jobs:
+            visits.day_visits(es, lambda d, env=environment: index_name(settings.index_prefix, d, env), day,
+                              environment, settings.timezone, gap)  # fmt: skip
+        rounds["visits"].append(round(time.perf_counter() - started, 3))
         pandas_s = 0.0
         scanned = 0
         for (index, day, environment), aggs, estimate in zip(jobs, found, estimated, strict=True):
@@ -274,6 +286,7 @@ def rollups(
         "approximate_seconds": best["approximate"],
         "exact_vs_approximate": round(best["exact"] / best["approximate"], 2),
         "all_environments_seconds": best["all_environments"],
+        "visits_seconds": best["visits"],
         "pandas_seconds": best["pandas"],
         "speedup": round(best["pandas"] / best["exact"], 2) if best["exact"] else None,
         "rounds_seconds": rounds,

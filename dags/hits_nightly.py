@@ -141,12 +141,15 @@ def hits_nightly():
 
     @task
     def write_rollups(staged: list[list[str]], load_report: dict) -> list[dict]:
-        """Publish the staged partitions and the load in one transaction."""
+        """Count the visits of the staged days (and of the days before: visits cross midnight), then publish them,
+        the staged partitions and the load in one transaction."""
         from hitmetrics import pipeline
         from hitmetrics.config import load_settings
-        from hitmetrics_airflow import rollups_url
+        from hitmetrics_airflow import elasticsearch_client, rollups_url
 
-        return pipeline.publish_rollups(rollups_url(load_settings()), staged, load_report)
+        settings = load_settings()
+        es = elasticsearch_client(settings)
+        return pipeline.publish_rollups(es, settings, rollups_url(settings), staged, load_report)
 
     plan = create_indexes()
     shards = plan_load(plan)

@@ -43,6 +43,7 @@ class Settings:
     rejects: str = ""  # a folder or object-storage URL; empty: $HITS_DATA_DIR/rejects
     replicas: str = "0-1"  # per daily index: a count, or a range fitted to the nodes there are
     shard_mb: float = 1024  # a day's load is fanned out in shards of about this many MiB of files
+    visit_gap_minutes: float = 30  # a user's hits further apart than this are two visits
 
     def __post_init__(self) -> None:
         for env in self.environments:
@@ -70,6 +71,8 @@ class Settings:
             raise ConfigError(f"HITS_ES_REPLICAS: {self.replicas!r} is not a count (1) or a range (0-1, 1-all)")
         if not 0 < self.shard_mb < float("inf"):
             raise ConfigError("HITS_SHARD_MB: must be a number of MiB above 0, e.g. 512 or 0.5")
+        if not 0 < self.visit_gap_minutes <= 24 * 60:
+            raise ConfigError("HITS_VISIT_GAP_MINUTES: must be a number of minutes above 0, at most a day (1440)")
 
     @property
     def tz(self) -> ZoneInfo:
@@ -123,4 +126,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         rejects=env.get("HITS_REJECTS", ""),
         replicas=env.get("HITS_ES_REPLICAS", "").strip() or Settings.replicas,
         shard_mb=number("HITS_SHARD_MB", float, Settings.shard_mb),  # type: ignore[arg-type]
+        visit_gap_minutes=number("HITS_VISIT_GAP_MINUTES", float, Settings.visit_gap_minutes),  # type: ignore[arg-type]
     )

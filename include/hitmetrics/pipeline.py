@@ -16,7 +16,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from hitmetrics import aggregate, indexes, load, rollup, staging
+from hitmetrics import aggregate, indexes, load, rollup, staging, visits
 from hitmetrics.config import ConfigError, Settings
 from hitmetrics.ingest import UnreadableLandingEntries
 from hitmetrics.load import LoadReport, TooManyRejects
@@ -145,9 +145,16 @@ def aggregate_partitions(
     return staged
 
 
-def publish_rollups(database_url: str, staged: Sequence[Sequence[str]], load_report: dict[str, Any]) -> list[dict]:
-    """Check and replace every staged partition's rollup rows and record the load, all in one transaction; returns
-    a summary.
+def publish_rollups(
+    es: Elasticsearch,
+    settings: Settings,
+    database_url: str,
+    staged: Sequence[Sequence[str]],
+    load_report: dict[str, Any],
+) -> list[dict]:
+    """Check and replace every staged partition's rollup rows, replace the visits of their days and of the days
+    before them (a visit across midnight goes on in the next day), and record the load, all in one transaction;
+    returns a summary.
 
     A partition whose checks fail (30-minute sum, daily hits and Elasticsearch count disagree) keeps its previous
     rows; the failed check is recorded in `hits_checks` and the run fails.
@@ -155,7 +162,21 @@ def publish_rollups(database_url: str, staged: Sequence[Sequence[str]], load_rep
     engine = rollup.engine_for(database_url)
     rollup.create_tables(engine)
     partitions = [(dt.date.fromisoformat(day), environment) for day, environment in staged]
-    checks = staging.publish_staged(engine, load_report["load_id"], partitions, load_report)
+    gap = dt.timedelta(minutes=settings.visit_gap_minutes)
+    wanted = sorted(
+        {(day - dt.timedelta(days=back), env) for day, env in partitions if env != aggregate.ALL for back in (0, 1)}
+    )
+    found = [
+        visits.day_visits(es, lambda d, env=env: indexes.index_name(settings.index_prefix, d, env), day, env,
+                          settings.timezone, gap)
+        for day, env in wanted
+    ]  # fmt: skip
+    day_visits = [found_day for found_day in found if found_day is not None]
+    for counted in day_visits:
+        if counted.summary:
+            log.info("%s %s: %d visits, bounce rate %.1f %%", counted.day, counted.environment,
+                     counted.summary.visits, 100 * counted.summary.bounce_rate)  # fmt: skip
+    checks = staging.publish_staged(engine, load_report["load_id"], partitions, load_report, day_visits)
     for check in checks:
         log.info("published %s %s: %d hits", check.day, check.environment, check.es_count)
     return [{"day": c.day.isoformat(), "environment": c.environment, "hits": c.es_count} for c in checks]

@@ -14,6 +14,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BigInteger,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Float,
     Index,
     MetaData,
     PrimaryKeyConstraint,
@@ -53,6 +55,7 @@ from hitmetrics.aggregate import (
     day_bounds,
     evaluate_partition,
 )
+from hitmetrics.visits import DayVisits
 
 INSERT_BATCH = 5000
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -183,6 +186,49 @@ hits_all_daily = Table(
     comment="Hits of all environments together per local day; a user seen in two environments counts once.",
 )
 
+hits_visits_daily = Table(
+    "hits_visits_daily",
+    metadata,
+    _environment(),
+    _day(),
+    Column("visits", BigInteger, nullable=False, comment="Visits that began that day (a visit: one user's hits with "
+           "no gap over HITS_VISIT_GAP_MINUTES, 30 by default; it belongs to the day of its first hit)."),
+    Column("bounces", BigInteger, nullable=False, comment="Visits of a single hit."),
+    Column("bounce_rate", Float, nullable=False, comment="bounces / visits, between 0 and 1."),
+    Column("views", BigInteger, nullable=False, comment="Hits of those visits, including their hits after midnight."),
+    Column("mean_duration_seconds", Float, nullable=False,
+           comment="Mean time from a visit's first hit to its last, in seconds (0 for a bounce)."),
+    Column("median_duration_seconds", Float, nullable=False, comment="Median of the same, in seconds."),
+    Column("views_per_visit", Float, nullable=False, comment="views / visits."),
+    PrimaryKeyConstraint("environment", "day"),
+    comment="Visits per environment and local day; recomputed when the next day is loaded (visits across midnight).",
+)  # fmt: skip
+hits_entries_exits_daily = Table(
+    "hits_entries_exits_daily",
+    metadata,
+    _environment(),
+    _page(),
+    _day(),
+    Column("entries", BigInteger, nullable=False, comment="Visits of the day whose first hit was on the page."),
+    Column("exits", BigInteger, nullable=False, comment="Visits of the day whose last hit was on the page."),
+    PrimaryKeyConstraint("environment", "day", "page"),
+    comment="Entry and exit pages of each local day's visits; only pages with an entry or an exit have a row.",
+)
+VISITS_TABLES = {table.name: table for table in (hits_visits_daily, hits_entries_exits_daily)}
+
+hits_calendar_30m = Table(
+    "hits_calendar_30m",
+    metadata,
+    _bucket_start(),
+    Column("local_start", DateTime(timezone=False), nullable=False,
+           comment="The bucket's start on the local clock of HITS_TIMEZONE (wall time, no zone)."),
+    Column("local_day", Date, nullable=False, comment="The local day the bucket belongs to."),
+    Column("utc_offset_minutes", BigInteger, nullable=False, comment="The zone's offset from UTC then, in minutes."),
+    PrimaryKeyConstraint("bucket_start"),
+    comment="Every half hour of each published day with its local time: join the 30-minute tables on bucket_start "
+    "to show them on the local clock (SQLite has no time zones).",
+)  # fmt: skip
+
 hits_loads = Table(
     "hits_loads",
     metadata,
@@ -268,11 +314,23 @@ def publish_run(
 
 
 def publish_in(
-    conn: Connection, partitions: Iterable[PartitionAggregates], load: Mapping[str, Any] | None = None
+    conn: Connection,
+    partitions: Iterable[PartitionAggregates],
+    load: Mapping[str, Any] | None = None,
+    visits: Iterable[DayVisits] = (),
 ) -> list[PartitionCheck]:
-    """`publish_run` inside the caller's transaction; returns every check, failed ones too (`raise_failed`)."""
+    """`publish_run` inside the caller's transaction, with the `visits` of some days replaced too; returns every
+    check, failed ones too (`raise_failed`)."""
     if load is not None:
         _write_load(conn, load)
+    for day_visits in visits:
+        for name, rows in day_visits.tables().items():
+            table = VISITS_TABLES[name]
+            conn.execute(
+                delete(table).where(table.c.environment == day_visits.environment, table.c.day == day_visits.day)
+            )
+            for batch in _batches([row._asdict() for row in rows]):
+                conn.execute(insert(table), batch)
     checks = []
     for aggs in partitions:
         check = evaluate_partition(aggs)
@@ -293,11 +351,27 @@ def raise_failed(checks: list[PartitionCheck]) -> list[PartitionCheck]:
 
 def _replace_rows(conn: Connection, aggs: PartitionAggregates) -> None:
     _refuse_rows_outside(aggs)
+    _write_calendar(conn, aggs.day, aggs.timezone)
     for name, rows in aggs.tables().items():
         table = ROLLUP_TABLES[name]
         conn.execute(delete(table).where(_in_partition(table, aggs.environment, aggs.day, aggs.timezone)))
         for batch in _batches([row._asdict() for row in rows]):
             conn.execute(insert(table), batch)
+
+
+def _write_calendar(conn: Connection, day: dt.date, tz: str) -> None:
+    """The half hours of the local `day` in `hits_calendar_30m` (46, 48 or 50 of them), replacing the day's."""
+    start, end = day_bounds(day, tz)
+    zone = ZoneInfo(tz)
+    rows, at = [], start
+    while at < end:
+        local = at.astimezone(zone)
+        offset = local.utcoffset() or dt.timedelta()
+        rows.append({"bucket_start": at, "local_start": local.replace(tzinfo=None), "local_day": day,
+                     "utc_offset_minutes": int(offset.total_seconds() // 60)})  # fmt: skip
+        at += dt.timedelta(minutes=30)
+    conn.execute(delete(hits_calendar_30m).where(_in_partition(hits_calendar_30m, ALL, day, tz)))
+    conn.execute(insert(hits_calendar_30m), rows)
 
 
 def _in_partition(table: Table, environment: str, day: dt.date, tz: str) -> ColumnElement[bool]:

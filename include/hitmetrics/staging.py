@@ -32,6 +32,7 @@ from sqlalchemy import (
 
 from hitmetrics.aggregate import ROW_TYPES, PartitionAggregates, PartitionCheck
 from hitmetrics.rollup import INSERT_BATCH, ROLLUP_TABLES, UtcDateTime, metadata, publish_in, raise_failed
+from hitmetrics.visits import DayVisits
 
 STALE_AFTER = dt.timedelta(days=7)
 
@@ -93,12 +94,17 @@ def stage_partition(engine: Engine, run_key: str, aggs: PartitionAggregates) -> 
 
 
 def publish_staged(
-    engine: Engine, run_key: str, partitions: Sequence[Partition], load: Mapping[str, Any] | None = None
+    engine: Engine,
+    run_key: str,
+    partitions: Sequence[Partition],
+    load: Mapping[str, Any] | None = None,
+    visits: Sequence[DayVisits] = (),
 ) -> list[PartitionCheck]:
-    """Publish the staged `partitions` of `run_key` (and its `hits_loads` row) in one transaction that also empties
-    their staging rows; see `rollup.publish_run`. A partition that was never staged raises LookupError."""
+    """Publish the staged `partitions` of `run_key` (and its `hits_loads` row, and the `visits` of some days) in one
+    transaction that also empties their staging rows; see `rollup.publish_run`. A partition that was never staged
+    raises LookupError."""
     with engine.begin() as conn:
-        checks = publish_in(conn, _read(conn, run_key, partitions), load)
+        checks = publish_in(conn, _read(conn, run_key, partitions), load, visits)
         _clear(conn, run_key, partitions)
         _drop_stale(conn)
     return raise_failed(checks)

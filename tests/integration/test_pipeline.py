@@ -49,7 +49,7 @@ def test_each_task_may_run_on_another_worker_with_a_data_folder_of_its_own(es, t
     loaded = pipeline.finish_load(es, worker[4], shards, shard_reports, landing_root(worker[4].rejects))
     report = pipeline.report_dict(loaded)
     staged = pipeline.aggregate_partitions(es, worker[5], plan, report, worker[5].rollups_database_url)
-    summary = pipeline.publish_rollups(worker[6].rollups_database_url, staged, report)
+    summary = pipeline.publish_rollups(es, worker[6], worker[6].rollups_database_url, staged, report)
 
     assert (report["read"], report["loaded"], report["rejected"]) == (302, 300, 2)
     assert (

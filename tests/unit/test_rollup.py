@@ -39,6 +39,9 @@ def test_natural_primary_keys() -> None:
         "hits_by_env_daily": {"environment", "day"},
         "hits_all_30m": {"bucket_start"},
         "hits_all_daily": {"day"},
+        "hits_calendar_30m": {"bucket_start"},
+        "hits_visits_daily": {"environment", "day"},
+        "hits_entries_exits_daily": {"environment", "day", "page"},
         "hits_loads": {"load_id"},
         "hits_checks": {"environment", "day"},
         # Staging: a run's rows, keyed like the tables they are for.

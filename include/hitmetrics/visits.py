@@ -1,0 +1,177 @@
+"""Visits: one user's hits in one environment with no gap longer than `HITS_VISIT_GAP_MINUTES` (30) between two.
+
+A visit belongs to the local day of its first hit. It is computed from Elasticsearch alone: a composite
+aggregation walks a partition's hits ordered by user, instant and page (a bucket per distinct triple, its
+`doc_count` the views), so hits never leave the node as documents. To tell whether the day's first hits continue
+a visit of the day before, the walk starts one gap before the day; a visit still open at the end of the day is
+followed into the next day's index. So a day's visits change when the next day is loaded: the nightly run
+republishes the visits of the day before each day it publishes.
+
+Hits at the same millisecond of one user are ordered by page, so the entry and exit pages of such a visit are
+the first and last page in that order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from elasticsearch import Elasticsearch
+
+from hitmetrics.aggregate import day_bounds
+
+COMPOSITE_PAGE = 10_000
+# Users per terms filter when following visits open at midnight, under Elasticsearch's 65,536 terms per query.
+USERS_PER_REQUEST = 10_000
+_FILTER_PATH = "aggregations.walk.after_key,aggregations.walk.buckets.key,aggregations.walk.buckets.doc_count"
+
+
+class VisitsDay(NamedTuple):
+    """A row of `hits_visits_daily`: the visits of one environment that began on one local day."""
+
+    environment: str
+    day: dt.date
+    visits: int
+    bounces: int
+    bounce_rate: float
+    views: int
+    mean_duration_seconds: float
+    median_duration_seconds: float
+    views_per_visit: float
+
+
+class PageVisits(NamedTuple):
+    """A row of `hits_entries_exits_daily`: how many of a day's visits began (entries) and ended (exits) on a page."""
+
+    environment: str
+    page: str
+    day: dt.date
+    entries: int
+    exits: int
+
+
+@dataclass
+class DayVisits:
+    """The visits rows of one (local day, environment)."""
+
+    environment: str
+    day: dt.date
+    summary: VisitsDay | None = None
+    pages: list[PageVisits] = field(default_factory=list)
+
+    def tables(self) -> dict[str, list[Any]]:
+        return {"hits_visits_daily": [self.summary] if self.summary else [], "hits_entries_exits_daily": self.pages}
+
+
+@dataclass
+class _Visit:
+    first: int  # epoch milliseconds
+    last: int
+    entry: str
+    exit: str
+    views: int
+
+
+def day_visits(
+    es: Elasticsearch, index_of: Any, day: dt.date, environment: str, tz: str, gap: dt.timedelta
+) -> DayVisits | None:
+    """The visits of `environment` that began on the local `day` of `tz`; None when the day has no index.
+
+    `index_of(day)` names the environment's index of a day; the day before and after are read where they exist.
+    """
+    start, end = day_bounds(day, tz)
+    gap_ms = int(gap / dt.timedelta(milliseconds=1))
+    names = [index_of(day + dt.timedelta(days=n)) for n in (-1, 0, 1)]
+    found = es.indices.get(index=",".join(names), ignore_unavailable=True, allow_no_indices=True, features="aliases")
+    if names[1] not in found:
+        return None
+    index = ",".join(name for name in names if name in found)
+    result = DayVisits(environment, day)
+    start_ms, end_ms = _millis(start), _millis(end)
+    visits: list[_Visit] = []
+    open_at_end: dict[int, _Visit] = {}
+    hits = _walk(es, index, environment, start_ms - gap_ms, end_ms)
+    for user, visit in _sessions(hits, gap_ms):
+        if start_ms <= visit.first:
+            visits.append(visit)
+            if visit.last >= end_ms - gap_ms:
+                open_at_end[user] = visit
+    # A visit still open at midnight goes on in the next day's hits.
+    users = sorted(open_at_end)
+    for first in range(0, len(users), USERS_PER_REQUEST):
+        chunk = users[first : first + USERS_PER_REQUEST]
+        later = _walk(es, index, environment, end_ms, _millis(day_bounds(day + dt.timedelta(days=1), tz)[1]), chunk)
+        for user, instant, page, views in later:
+            visit = open_at_end.get(user)
+            if visit is None or instant - visit.last > gap_ms:
+                open_at_end.pop(user, None)
+                continue
+            visit.last, visit.exit, visit.views = instant, page, visit.views + views
+    if not visits:
+        return result
+    durations = [(visit.last - visit.first) / 1000 for visit in visits]
+    bounces = sum(visit.views == 1 for visit in visits)
+    views = sum(visit.views for visit in visits)
+    result.summary = VisitsDay(
+        environment, day, len(visits), bounces, round(bounces / len(visits), 6), views,
+        round(sum(durations) / len(visits), 3), round(statistics.median(durations), 3), round(views / len(visits), 6),
+    )  # fmt: skip
+    entries, exits = Counter(v.entry for v in visits), Counter(v.exit for v in visits)
+    result.pages = [PageVisits(environment, page, day, entries[page], exits[page]) for page in sorted(entries | exits)]
+    return result
+
+
+def _sessions(hits: Iterator[tuple[int, int, str, int]], gap_ms: int) -> Iterator[tuple[int, _Visit]]:
+    """(user, visit) of hits ordered by user and instant: a new visit whenever the user changes or a gap is longer
+    than `gap_ms`."""
+    user, visit = None, None
+    for hit_user, instant, page, views in hits:
+        if visit is not None and hit_user == user and instant - visit.last <= gap_ms:
+            visit.last, visit.exit, visit.views = instant, page, visit.views + views
+            continue
+        if visit is not None:
+            yield user, visit
+        user, visit = hit_user, _Visit(instant, instant, page, page, views)
+    if visit is not None:
+        yield user, visit
+
+
+def _walk(
+    es: Elasticsearch, index: str, environment: str, since_ms: int, until_ms: int, users: Sequence[int] = ()
+) -> Iterator[tuple[int, int, str, int]]:
+    """(user, epoch ms, page, views) of the environment's hits in [since, until), by user, instant and page."""
+    filters: list[dict[str, Any]] = [
+        {"term": {"environment": environment}},
+        {"range": {"datetime": {"gte": since_ms, "lt": until_ms, "format": "epoch_millis"}}},
+    ]
+    if users:
+        filters.append({"terms": {"user_id": list(users)}})
+    sources = [
+        {"user": {"terms": {"field": "user_id"}}},
+        {"at": {"terms": {"field": "datetime"}}},
+        {"page": {"terms": {"field": "page"}}},
+    ]
+    after = None
+    while True:
+        walk: dict[str, Any] = {"size": COMPOSITE_PAGE, "sources": sources}
+        if after:
+            walk["after"] = after
+        response = es.search(
+            index=index, size=0, query={"bool": {"filter": filters}}, aggs={"walk": {"composite": walk}},
+            filter_path=_FILTER_PATH, request_cache=False, allow_partial_search_results=False,
+        ).body  # fmt: skip
+        found = response.get("aggregations", {}).get("walk", {})
+        for bucket in found.get("buckets", []):
+            key = bucket["key"]
+            yield key["user"], key["at"], key["page"], bucket["doc_count"]
+        after = found.get("after_key")
+        if not after or len(found.get("buckets", [])) < COMPOSITE_PAGE:
+            return
+
+
+def _millis(instant: dt.datetime) -> int:
+    return int(instant.timestamp() * 1000)
