@@ -2,8 +2,9 @@
 PY := .venv/bin/python
 PORT ?= 9200
 AIRFLOW_PORT ?= 8080
+BI_PORT ?= 8088
 
-.PHONY: setup test fuzz lint run node-start node-status node-stop airflow stack bench
+.PHONY: setup test fuzz lint run node-start node-status node-stop airflow stack bi test-bi bench
 
 run: setup ## the main job: a sample day through the whole chain on the embedded defaults
 	$(PY) -m tools.main_job
@@ -35,6 +36,12 @@ airflow: setup ## local Airflow (standalone) on 127.0.0.1:$(AIRFLOW_PORT) with h
 
 stack: setup ## the distributed stack without Docker: PostgreSQL, Redis, 3 Elasticsearch nodes, Airflow with 2 Celery workers
 	$(PY) -m tools.stack --port $(AIRFLOW_PORT)
+
+bi: setup ## Apache Superset on the rollup tables with the Hit metrics dashboard (its own virtualenv, .bi/venv)
+	$(PY) -m tools.bi --port $(BI_PORT)
+
+test-bi: setup ## the Superset dashboard end to end: installs .bi/venv, asks every chart's data, takes a screenshot
+	$(PY) -m pytest -m bi tests/e2e/test_bi.py
 
 bench: setup ## the benchmark on its own Elasticsearch node; BENCH_ARGS="--hits 10000000" for 10M hits
 	$(PY) -m bench $(BENCH_ARGS)
