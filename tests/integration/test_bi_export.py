@@ -39,8 +39,8 @@ def seed(engine: Engine) -> None:
         by_env_daily=[EnvDay("production", DAY, 3, 2)])  # fmt: skip
     everywhere = PartitionAggregates("i", ALL, DAY, TZ, 3, by_all_30m=[AllBucket(AT, 3, 2)],
                                      by_all_daily=[AllDay(DAY, 3, 2)])  # fmt: skip
-    visits = DayVisits("production", DAY, VisitsDay("production", DAY, 2, 1, 0.5, 3, 60.0, 60.0, 1.5),
-                       [PageVisits("production", "/", DAY, 2, 1), PageVisits("production", "/buy", DAY, 0, 1)])  # fmt: skip
+    pages = [PageVisits("production", "/", DAY, 2, 1), PageVisits("production", "/buy", DAY, 0, 1)]
+    visits = DayVisits("production", DAY, VisitsDay("production", DAY, 2, 1, 0.5, 3, 60.0, 60.0, 1.5), pages)
     with engine.begin() as conn:
         publish_in(conn, [production, everywhere], None, [visits])
 
