@@ -5,10 +5,13 @@ Loads one landing day of page-hit logs into the daily environment indexes, aggre
 (day, environment) in 30-minute buckets in Elasticsearch, and publishes the rollup tables that BI reads.
 
 **Stages**: `create_indexes` → `plan_load` → `load_shard` (one mapped task per shard of the landing folder, about
-`HITS_SHARD_MB` of files each; a shard retries alone) → `finish_load` → `aggregate_30m` → `write_rollups`.
+`HITS_SHARD_MB` of files each; a shard retries alone) → `finish_load` → `aggregate_30m` (30-minute and daily rows
+with exact unique users, per environment and across them) → `write_rollups` (with the days' visits).
 
 **Trigger with parameters** (Trigger DAG → advanced):
-- `day`: the landing folder `<HITS_LANDING>/<day>/` to load; empty means the local day before the run.
+- `day`: the landing folder `<HITS_LANDING>/<day>/` to load. A manual run must name it: without a valid date it
+  fails at once with one line, and so does a day whose folder does not exist (nothing is created). A scheduled
+  run loads the local day before the run, and retries while its folder has not landed.
 - `environments`: whose rollups to recompute; empty means all of `HITS_ENVIRONMENTS`. The load always covers the
   whole folder, so re-runs stay exact.
 - `full_reload`: also when the day's folder is gone: remove everything it contributed. Without it a missing
@@ -22,11 +25,14 @@ loaded, naming the rejects file. Connections: `hits_elasticsearch`, `hits_rollup
 
 from __future__ import annotations
 
+import logging
+
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from hitmetrics_airflow import DAG_POLICY
 
+log = logging.getLogger(__name__)
 DAG_ID = "hits_nightly"
 SCHEDULE = "30 1 * * *"  # after the day's last log files have landed
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -34,7 +40,7 @@ TAGS = ["hitmetrics", "elasticsearch", "rollups"]
 
 PARAMS = {
     "day": Param(None, type=["null", "string"], format="date", title="Landing day",
-                 description="YYYY-MM-DD; empty: the day before the run"),
+                 description="YYYY-MM-DD; a manual run must name it (scheduled runs load the day before the run)"),
     "environments": Param([], type=["null", "array"], items={"type": "string"}, title="Environments",
                           description="One per line; empty: every configured environment"),
     "full_reload": Param(False, type="boolean", title="Full reload",
@@ -61,9 +67,10 @@ def hits_nightly():
 
         from hitmetrics import pipeline
         from hitmetrics.config import ConfigError, load_settings
-        from hitmetrics_airflow import elasticsearch_client
+        from hitmetrics_airflow import elasticsearch_client, storage_root
 
         context = get_current_context()
+        manual = context["dag_run"].run_type == "manual"
         try:
             settings = load_settings()
             plan = pipeline.plan_run(
@@ -72,9 +79,17 @@ def hits_nightly():
                 run_after=context["dag_run"].run_after,
                 environments=context["params"]["environments"],
                 full_reload=context["params"]["full_reload"],
+                manual=manual,
             )
+            pipeline.check_landing_day(plan, storage_root(settings.landing))
         except ConfigError as error:  # a wrong parameter or setting: retrying cannot help
             raise AirflowFailException(str(error)) from error
+        except pipeline.MissingLandingDay as error:
+            if manual:  # the user named a day that has no folder: say so now, and create nothing
+                raise AirflowFailException(str(error)) from error
+            raise  # a scheduled run retries: a late shipper may still be writing the folder
+        log.info("landing day %s, environments %s%s", plan.landing_day, ", ".join(plan.environments),
+                 " (full reload)" if plan.full_reload else "")  # fmt: skip
         pipeline.prepare_indexes(elasticsearch_client(settings), settings, plan)
         return asdict(plan)
 
@@ -122,7 +137,7 @@ def hits_nightly():
             report = pipeline.finish_load(es, settings, list(shards), list(shard_reports), rejects)
         except pipeline.TooManyRejects as error:
             # The good records are loaded; a retry would find the same rejects and fail the same way.
-            pipeline.record_failed_load(rollups_url(settings), error.report)
+            pipeline.record_failed_load(rollups_url(settings), error.report, str(error))
             raise AirflowFailException(str(error)) from error
         return pipeline.report_dict(report)
 

@@ -2,8 +2,10 @@
 
 Everything here reads the rollup database only (never Elasticsearch), so a page view costs a few indexed queries.
 Days are local dates in the reporting time zone; their 30-minute buckets are UTC instants, so a day on which the
-clocks change has 46 or 50 buckets. "All environments" figures are sums over environments: unique users are
-counted per environment, so their sum counts a user seen in two environments twice.
+clocks change has 46 or 50 buckets. "All environments" figures come from the tables across environments
+(`hits_all_*`), where a user seen in two environments counts once. A page has no such table: across environments
+its hits are summed, and its unique users are given only when one environment has the page (else None: a sum
+would count a user twice).
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, Table, func, select
+from sqlalchemy import Engine, Table, case, func, select
 from sqlalchemy.sql import ColumnElement
 
 from hitmetrics.aggregate import day_bounds
 from hitmetrics.rollup import (
+    hits_all_30m,
+    hits_all_daily,
     hits_by_env_30m,
     hits_by_env_daily,
     hits_by_page_30m,
     hits_by_page_daily,
     hits_checks,
+    hits_entries_exits_daily,
     hits_loads,
+    hits_visits_daily,
 )
 
 BUCKET = dt.timedelta(minutes=30)
@@ -40,7 +46,7 @@ class Bucket:
     label: str
     utc_offset: str
     hits: int
-    unique_users: int
+    unique_users: int | None
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class ComparisonPoint:
 
     index: int
     hits: int
-    unique_users: int
+    unique_users: int | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class Totals:
     """Daily figures from the daily tables (unique users of the whole day, not a sum of buckets)."""
 
     hits: int
-    unique_users: int
+    unique_users: int | None
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,22 @@ class DayChart:
 class PageStats:
     page: str
     hits: int
-    unique_users: int
+    unique_users: int | None
     share: float
+    entries: int
+    exits: int
+
+
+@dataclass(frozen=True)
+class Visits:
+    """The visits begun on a day; across environments the median is None (medians do not combine)."""
+
+    visits: int
+    bounces: int
+    bounce_rate: float
+    views_per_visit: float
+    mean_duration_seconds: float
+    median_duration_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,8 @@ class LoadRun:
     loaded: int
     rejected: int
     rejects_file: str | None
+    status: str
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -166,6 +188,19 @@ def _bucket(start: dt.datetime, tz: ZoneInfo, hits: int, unique_users: int) -> B
     )
 
 
+def _tables(environment: str | None, page: str | None) -> tuple[Table, Table]:
+    """The (30-minute, daily) tables that answer for one page or all, in one environment or across all."""
+    if page is not None:
+        return hits_by_page_30m, hits_by_page_daily
+    return (hits_by_env_30m, hits_by_env_daily) if environment is not None else (hits_all_30m, hits_all_daily)
+
+
+def _measures(table: Table) -> tuple[ColumnElement, ColumnElement]:
+    """SUM(hits), and unique users where one row answers (never a sum of users)."""
+    users = case((func.count() == 1, func.max(table.c.unique_users)), else_=None)
+    return func.sum(table.c.hits), users
+
+
 def _filters(table: Table, environment: str | None, page: str | None) -> list[ColumnElement[bool]]:
     conditions = []
     if environment is not None:
@@ -178,10 +213,10 @@ def _filters(table: Table, environment: str | None, page: str | None) -> list[Co
 def _bucket_figures(
     engine: Engine, starts: Sequence[dt.datetime], environment: str | None, page: str | None
 ) -> dict[dt.datetime, tuple[int, int]]:
-    """(hits, unique users) per bucket start within the given buckets, summed over environments when none given."""
-    table = hits_by_env_30m if page is None else hits_by_page_30m
+    """(hits, unique users) per bucket start within the given buckets (see the module for all environments)."""
+    table = _tables(environment, page)[0]
     query = (
-        select(table.c.bucket_start, func.sum(table.c.hits), func.sum(table.c.unique_users))
+        select(table.c.bucket_start, *_measures(table))
         .where(
             table.c.bucket_start >= starts[0],
             table.c.bucket_start < starts[-1] + BUCKET,
@@ -190,18 +225,21 @@ def _bucket_figures(
         .group_by(table.c.bucket_start)
     )
     with engine.connect() as conn:
-        return {start: (int(hits), int(users)) for start, hits, users in conn.execute(query)}
+        return {start: (int(hits), _count(users)) for start, hits, users in conn.execute(query)}
+
+
+def _count(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 def day_totals(engine: Engine, day: dt.date, environment: str | None = None, page: str | None = None) -> Totals:
-    """The day's hits and unique users, of one page or of all, in one environment or summed over all."""
-    table = hits_by_env_daily if page is None else hits_by_page_daily
-    query = select(func.coalesce(func.sum(table.c.hits), 0), func.coalesce(func.sum(table.c.unique_users), 0)).where(
-        table.c.day == day, *_filters(table, environment, page)
-    )
+    """The day's hits and unique users, of one page or of all, in one environment or across all."""
+    table = _tables(environment, page)[1]
+    hits, users = _measures(table)
+    query = select(hits, users).where(table.c.day == day, *_filters(table, environment, page))
     with engine.connect() as conn:
-        hits, users = conn.execute(query).one()
-    return Totals(hits=int(hits), unique_users=int(users))
+        found_hits, found_users = conn.execute(query).one()
+    return Totals(hits=int(found_hits or 0), unique_users=_count(found_users) if found_hits else 0)
 
 
 def day_chart(
@@ -236,19 +274,46 @@ def day_chart(
 
 
 def top_pages(engine: Engine, day: dt.date, environment: str | None = None) -> list[PageStats]:
-    """Every page of the day with its hits, unique users and share of the day's hits, most hits first."""
-    table = hits_by_page_daily
-    hits = func.sum(table.c.hits).label("hits")
+    """Every page of the day with its hits, unique users, share of the day's hits, and the day's visits that began
+    (entries) and ended (exits) on it; most hits first."""
+    table, visits = hits_by_page_daily, hits_entries_exits_daily
+    hits, users = _measures(table)
     query = (
-        select(table.c.page, hits, func.sum(table.c.unique_users))
+        select(table.c.page, hits.label("hits"), users)
         .where(table.c.day == day, *_filters(table, environment, None))
         .group_by(table.c.page)
         .order_by(hits.desc(), table.c.page)
     )
+    ends = (
+        select(visits.c.page, func.sum(visits.c.entries), func.sum(visits.c.exits))
+        .where(visits.c.day == day, *_filters(visits, environment, None))
+        .group_by(visits.c.page)
+    )
     with engine.connect() as conn:
-        rows = [(page, int(hits), int(users)) for page, hits, users in conn.execute(query)]
+        rows = [(page, int(hits), _count(users)) for page, hits, users in conn.execute(query)]
+        entries_exits = {page: (int(entries), int(exits)) for page, entries, exits in conn.execute(ends)}
     total = sum(hits for _, hits, _ in rows) or 1
-    return [PageStats(page=page, hits=hits, unique_users=users, share=hits / total) for page, hits, users in rows]
+    return [PageStats(page, hits, users, hits / total, *entries_exits.get(page, (0, 0))) for page, hits, users in rows]
+
+
+def day_visits(engine: Engine, day: dt.date, environment: str | None = None) -> Visits | None:
+    """The visits begun on `day`, in one environment or all (visits are per environment: they add up)."""
+    table = hits_visits_daily
+    query = select(table).where(table.c.day == day, *_filters(table, environment, None))
+    with engine.connect() as conn:
+        rows = [row._mapping for row in conn.execute(query)]
+    visits = sum(row["visits"] for row in rows)
+    if not visits:
+        return None
+    bounces, views = sum(row["bounces"] for row in rows), sum(row["views"] for row in rows)
+    return Visits(
+        visits=visits,
+        bounces=bounces,
+        bounce_rate=bounces / visits,
+        views_per_visit=views / visits,
+        mean_duration_seconds=sum(row["mean_duration_seconds"] * row["visits"] for row in rows) / visits,
+        median_duration_seconds=rows[0]["median_duration_seconds"] if len(rows) == 1 else None,
+    )
 
 
 def day_status(engine: Engine, day: dt.date, environment: str | None = None) -> DayStatus:

@@ -18,10 +18,10 @@ from elasticsearch import Elasticsearch
 
 from hitmetrics import aggregate, indexes, load, rollup, staging, visits
 from hitmetrics.config import ConfigError, Settings
-from hitmetrics.ingest import UnreadableLandingEntries
+from hitmetrics.ingest import MissingLandingDay, UnreadableLandingEntries
 from hitmetrics.load import LoadReport, TooManyRejects
 
-__all__ = ["RunPlan", "TooManyRejects", "UnreadableLandingEntries", "plan_run"]
+__all__ = ["MissingLandingDay", "RunPlan", "TooManyRejects", "UnreadableLandingEntries", "plan_run"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,13 @@ def plan_run(
     run_after: dt.datetime,
     environments: Sequence[str] | None = None,
     full_reload: bool = False,
+    manual: bool = False,
 ) -> RunPlan:
-    """Resolve a run's parameters: an empty day means the local day before `run_after` (the nightly default)."""
+    """Resolve a run's parameters: an empty day means the local day before `run_after` (the nightly default),
+    except in a `manual` run, which must name its day (the trigger form sends an empty day for a date it could
+    not read, and loading yesterday instead would be a day the user did not mean)."""
+    if manual and not requested_day:
+        raise ConfigError("day: a manual run needs its landing day (YYYY-MM-DD); none, or no valid date, was given")
     if requested_day:
         try:
             day = dt.date.fromisoformat(requested_day)
@@ -58,6 +63,14 @@ def plan_run(
             f"environments: {', '.join(unknown)} not in HITS_ENVIRONMENTS ({', '.join(settings.environments)})"
         )
     return RunPlan(landing_day=day.isoformat(), environments=chosen, full_reload=full_reload)
+
+
+def check_landing_day(plan: RunPlan, landing: Any) -> None:
+    """Raise `MissingLandingDay` when the plan's landing folder does not exist (unless it is a full reload), before
+    anything is created for it."""
+    folder = landing / plan.landing_day
+    if not plan.full_reload and not folder.is_dir():
+        raise MissingLandingDay(f"landing folder {folder} does not exist for {plan.landing_day}")
 
 
 def prepare_indexes(es: Elasticsearch, settings: Settings, plan: RunPlan) -> list[str]:
@@ -103,11 +116,12 @@ def report_dict(report: LoadReport) -> dict[str, Any]:
     return {key: str(value) if isinstance(value, dt.date) else value for key, value in values.items()}
 
 
-def record_failed_load(database_url: str, report: LoadReport) -> None:
-    """Record a load that failed its reject ratio, so the figures and the rejects file are visible to BI."""
+def record_failed_load(database_url: str, report: LoadReport, error: str) -> None:
+    """Record a load that failed its reject ratio (status failed, with why), so the figures and the rejects file
+    are visible to BI and on the Hit metrics page."""
     engine = rollup.engine_for(database_url)
     rollup.create_tables(engine)
-    rollup.record_load(engine, report_dict(report))
+    rollup.record_load(engine, report_dict(report) | {"status": "failed", "error": error})
 
 
 def partition_indexes(

@@ -38,7 +38,9 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
@@ -240,6 +242,14 @@ hits_loads = Table(
     Column("loaded", BigInteger, nullable=False, comment="Records written to Elasticsearch."),
     Column("rejected", BigInteger, nullable=False, comment="Records rejected as invalid."),
     Column("rejects_file", Text, comment="File or URL listing the rejected records with file, line and reason."),
+    Column(
+        "status",
+        String(16),
+        nullable=False,
+        server_default="succeeded",
+        comment="succeeded, or failed: the run stopped after this load (too many rejects); see error.",
+    ),
+    Column("error", Text, comment="Why the run failed after the load; NULL when it succeeded."),
     comment="One row per load run of a landing day.",
 )
 
@@ -286,6 +296,18 @@ def create_tables(engine: Engine) -> None:
     from hitmetrics import staging  # noqa: F401 - its tables join `metadata` on import (it imports this module)
 
     metadata.create_all(engine)
+    _add_missing_columns(engine, hits_loads)
+
+
+def _add_missing_columns(engine: Engine, table: Table) -> None:
+    """Columns added to `table` since it was created (it keeps its rows): `hits_loads.status` and `error`."""
+    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in present]
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(engine.dialect)
+            default = f" DEFAULT '{column.server_default.arg}' NOT NULL" if column.server_default is not None else ""
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}"))
 
 
 def replace_partition(engine: Engine, aggs: PartitionAggregates) -> None:
@@ -415,7 +437,10 @@ def _write_check(conn: Connection, check: PartitionCheck) -> None:
     conn.execute(insert(hits_checks), {**vars(check), "passed": check.passed, "checked_at": dt.datetime.now(dt.UTC)})
 
 
-LOAD_FIELDS = ("load_id", "landing_day", "loaded_at", "files", "read", "loaded", "rejected", "rejects_file")
+LOAD_FIELDS = (
+    "load_id", "landing_day", "loaded_at", "files", "read", "loaded", "rejected", "rejects_file", "status", "error",
+)  # fmt: skip
+_OPTIONAL_LOAD_FIELDS = ("loaded_at", "rejects_file", "status", "error")
 
 
 def record_load(engine: Engine, report: Mapping[str, Any]) -> None:
@@ -429,7 +454,7 @@ def record_load(engine: Engine, report: Mapping[str, Any]) -> None:
 
 
 def _write_load(conn: Connection, report: Mapping[str, Any]) -> None:
-    missing = [name for name in LOAD_FIELDS if name not in report and name not in ("loaded_at", "rejects_file")]
+    missing = [name for name in LOAD_FIELDS if name not in report and name not in _OPTIONAL_LOAD_FIELDS]
     if missing:
         raise ValueError(f"load report lacks {', '.join(missing)}")
     row = {name: report.get(name) for name in LOAD_FIELDS}
@@ -443,6 +468,7 @@ def _write_load(conn: Connection, report: Mapping[str, Any]) -> None:
         row["files"] = len(row["files"])
     if row["rejects_file"] is not None:
         row["rejects_file"] = str(row["rejects_file"])
+    row["status"] = row["status"] or "succeeded"
     conn.execute(delete(hits_loads).where(hits_loads.c.load_id == row["load_id"]))
     conn.execute(insert(hits_loads), row)
 

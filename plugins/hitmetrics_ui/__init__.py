@@ -52,6 +52,16 @@ def create_app() -> "FastAPI":
     ]
     PageParam = Annotated[str | None, Query(min_length=1, description="One page; default: all pages")]
 
+    def known_environment(engine: Engine, environment: str | None) -> str | None:
+        """`environment` if it is configured or has rollups; else 404, as a typo must not read as zero hits."""
+        if environment is None:
+            return None
+        configured = load_settings().environments
+        if environment not in configured and environment not in dashboard.environments(engine):
+            raise HTTPException(404, f"environment {environment!r} is not one of HITS_ENVIRONMENTS "
+                                     f"({', '.join(configured)}) and has no rollups")  # fmt: skip
+        return environment
+
     def chosen_day(engine: Engine, day: dt.date | None) -> dt.date:
         if day is not None:
             return day
@@ -90,21 +100,27 @@ def create_app() -> "FastAPI":
         engine: RollupsDep, day: DayParam = None, environment: EnvironmentParam = None, page: PageParam = None
     ) -> dict:
         """Hits and unique users per 30-minute bucket of the local day, with the comparison days aligned to it."""
+        environment = known_environment(engine, environment)
         report = dashboard.day_chart(engine, chosen_day(engine, day), load_settings().tz, environment, page)
         return asdict(report)
 
     @app.get("/api/pages")
     def pages(engine: RollupsDep, day: DayParam = None, environment: EnvironmentParam = None) -> dict:
-        """Every page of the day, most hits first, with its unique users and share of the day's hits."""
+        """Every page of the day, most hits first, with its unique users, share of the day's hits, and the visits
+        that entered and left on it."""
+        environment = known_environment(engine, environment)
         chosen = chosen_day(engine, day)
         rows = dashboard.top_pages(engine, chosen, environment)
         return {"day": chosen, "environment": environment, "pages": [asdict(row) for row in rows]}
 
     @app.get("/api/status")
     def status(engine: RollupsDep, day: DayParam = None, environment: EnvironmentParam = None) -> dict:
-        """The landing day's load runs and whether the day's checks passed."""
-        report = dashboard.day_status(engine, chosen_day(engine, day), environment)
-        return {**asdict(report), "checks_passed": report.checks_passed}
+        """The landing day's load runs, whether the day's checks passed, and the day's visits."""
+        environment = known_environment(engine, environment)
+        chosen = chosen_day(engine, day)
+        report = dashboard.day_status(engine, chosen, environment)
+        visits = dashboard.day_visits(engine, chosen, environment)
+        return {**asdict(report), "checks_passed": report.checks_passed, "visits": visits and asdict(visits)}
 
     return app
 

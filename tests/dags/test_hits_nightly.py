@@ -11,6 +11,7 @@ import datetime as dt
 import gzip
 import io
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -141,6 +142,22 @@ def test_too_many_rejects_fail_the_run_once_and_are_recorded(dagbag, pipeline_en
         loads = conn.execute(sa.text("SELECT read, loaded, rejected, rejects_file FROM hits_loads")).all()
     assert [tuple(row[:3]) for row in loads] == [(sample.good + sample.bad, sample.good, sample.bad)]
     assert Path(loads[0].rejects_file).exists()
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM hits_loads")).scalar() == "failed"
+
+
+def test_a_manual_run_for_a_missing_folder_fails_at_once_and_creates_nothing(dagbag, pipeline_env: Path, es) -> None:
+    run = dagbag.get_dag("hits_nightly").test(run_conf={"day": "2026-11-24"})
+    states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["create_indexes"] == ("failed", 1)  # no retries
+    prefix = os.environ["HITS_INDEX_PREFIX"]
+    assert not es.indices.get(index=f"{prefix}-2026.11.24-*,{prefix}-2026.11.25-*", allow_no_indices=True)
+
+
+def test_a_manual_run_without_a_day_is_refused(dagbag, pipeline_env: Path) -> None:
+    run = dagbag.get_dag("hits_nightly").test(run_conf={"day": None})
+    states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["create_indexes"] == ("failed", 1)
 
 
 def test_an_unknown_environment_fails_before_anything_is_loaded(dagbag, pipeline_env: Path) -> None:

@@ -191,6 +191,29 @@ def test_a_retried_load_replaces_its_row(engine: Engine, tmp_path: Path) -> None
         "loaded": 10,
         "rejected": 0,
         "rejects_file": None,
+        "status": "succeeded",
+        "error": None,
+    }
+
+
+def test_a_table_of_loads_from_before_status_gets_its_columns(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE hits_loads"))
+        conn.execute(
+            text(
+                "CREATE TABLE hits_loads (load_id VARCHAR(64) PRIMARY KEY, landing_day DATE NOT NULL, "
+                "loaded_at TIMESTAMP NOT NULL, files BIGINT NOT NULL, read BIGINT NOT NULL, "
+                "loaded BIGINT NOT NULL, rejected BIGINT NOT NULL, rejects_file TEXT)"
+            )
+        )
+        old = "'old', '2026-03-01', '2026-03-02 01:00:00', 1, 2, 2, 0, NULL"
+        conn.execute(text(f"INSERT INTO hits_loads VALUES ({old})"))
+    create_tables(engine)
+    record_load(engine, {"load_id": "new", "landing_day": "2026-03-02", "files": 1, "read": 3, "loaded": 1,
+                         "rejected": 2, "status": "failed", "error": "2 of 3 records rejected"})  # fmt: skip
+    assert {row["load_id"]: (row["status"], row["error"]) for row in recent_rows(engine, hits_loads)} == {
+        "old": ("succeeded", None),
+        "new": ("failed", "2 of 3 records rejected"),
     }
 
 

@@ -54,7 +54,7 @@ def seed(
     names = page_names(pages)
     weights = 1 / np.arange(1, pages + 1) ** 1.05
     weights /= weights.sum()
-    rows: dict[str, list[dict]] = {name: [] for name in rollup.ROLLUP_TABLES}
+    rows: dict[str, list[dict]] = {name: [] for name in [*rollup.ROLLUP_TABLES, *rollup.VISITS_TABLES]}
     loads, checks = [], []
     for offset in range(days - 1, -1, -1):
         day = last_day - dt.timedelta(days=offset)
@@ -97,6 +97,25 @@ def seed(
                     "checked_at": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(1, 30), dt.UTC),
                 }
             )
+            visits = max(1, int(total * 0.4))
+            rows["hits_visits_daily"].append(
+                _row(environment, day=day, visits=visits, bounces=visits // 2, bounce_rate=(visits // 2) / visits,
+                     views=total, mean_duration_seconds=95.0, median_duration_seconds=40.0,
+                     views_per_visit=total / visits)
+            )  # fmt: skip
+            rows["hits_entries_exits_daily"] += [
+                _row(environment, page=names[p], day=day, entries=int(n), exits=int(n))
+                for p, n in enumerate(rng.multinomial(visits, weights)) if n
+            ]  # fmt: skip
+        # Across environments: hits add up, users do not (some are in two environments).
+        for table, env_table in (("hits_all_30m", "hits_by_env_30m"), ("hits_all_daily", "hits_by_env_daily")):
+            key = "bucket_start" if table.endswith("30m") else "day"
+            summed: dict = {}
+            for row in rows[env_table]:
+                if row.get("day", day) == day and (key == "day" or row[key] in starts):
+                    hits, users = summed.get(row[key], (0, 0))
+                    summed[row[key]] = (hits + row["hits"], users + row["unique_users"])
+            rows[table] += [{key: k, "hits": h, "unique_users": int(u * 0.9)} for k, (h, u) in summed.items()]
         read = sum(row["hits"] for row in rows["hits_by_env_daily"] if row["day"] == day)
         loads.append(
             {
@@ -113,7 +132,7 @@ def seed(
     with engine.begin() as conn:
         for name, table_rows in rows.items():
             for first in range(0, len(table_rows), 20_000):
-                conn.execute(insert(rollup.ROLLUP_TABLES[name]), table_rows[first : first + 20_000])
+                conn.execute(insert(rollup.metadata.tables[name]), table_rows[first : first + 20_000])
         conn.execute(insert(rollup.hits_loads), loads)
         conn.execute(insert(rollup.hits_checks), checks)
 

@@ -124,6 +124,34 @@ def test_status_shows_the_load_and_the_checks(client):
     assert [c["environment"] for c in one["checks"]] == ["staging"]
 
 
+def test_all_environments_count_a_user_once_and_pages_across_them_do_not_sum_users(client):
+    chart = client.get("/hitmetrics/api/chart").json()
+    daily = {e: client.get("/hitmetrics/api/chart", params={"environment": e}).json()["totals"]
+             for e in ["development", "production", "staging"]}  # fmt: skip
+    # From hits_all_daily: fewer than the sum, as some users are in two environments.
+    assert chart["totals"]["unique_users"] < sum(t["unique_users"] for t in daily.values())
+    in_every = next(p for p in _pages(client, None) if p["page"] == "/")
+    assert in_every["unique_users"] is None  # "/" is in all three environments: no true count across them
+    only_production = [p for p in _pages(client, None) if p["hits"] and p["page"].startswith("/deals/")]
+    assert any(p["unique_users"] is not None for p in only_production)
+
+
+def test_status_has_the_days_visits(client):
+    everywhere = client.get("/hitmetrics/api/status").json()["visits"]
+    one = client.get("/hitmetrics/api/status", params={"environment": "staging"}).json()["visits"]
+    assert one["median_duration_seconds"] == 40.0 and everywhere["median_duration_seconds"] is None
+    assert everywhere["visits"] > one["visits"] and 0 < everywhere["bounce_rate"] < 1
+    page = _pages(client, "production")[0]
+    assert page["entries"] > 0 and page["exits"] > 0
+
+
+def test_an_environment_that_is_not_configured_is_a_404_not_zeros(client):
+    for path in ["/hitmetrics/api/chart", "/hitmetrics/api/pages", "/hitmetrics/api/status"]:
+        response = client.get(path, params={"environment": "prod"})
+        assert response.status_code == 404
+        assert "'prod' is not one of HITS_ENVIRONMENTS" in response.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [({"day": "2026-13-01"}, "day"), ({"environment": "Prod;drop"}, "environment"), ({"page": ""}, "page")],
