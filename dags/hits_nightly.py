@@ -26,15 +26,20 @@ loaded, naming the rejects file. Connections: `hits_elasticsearch`, `hits_rollup
 from __future__ import annotations
 
 import logging
+import os
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import CronPartitionTimetable, Param, dag, get_current_context, task
 
 from hitmetrics_airflow import DAG_POLICY
 
 log = logging.getLogger(__name__)
 DAG_ID = "hits_nightly"
-SCHEDULE = "30 1 * * *"  # after the day's last log files have landed
+# After the day's last log files have landed, in the reporting time zone; each run is the partition of the local
+# day before (run_offset -1), keyed YYYY-MM-DD: scheduled, backfilled or cleared, a run knows its day.
+SCHEDULE = CronPartitionTimetable(
+    "30 1 * * *", timezone=os.environ.get("HITS_TIMEZONE") or "UTC", run_offset=-1, key_format="%Y-%m-%d"
+)
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 TAGS = ["hitmetrics", "elasticsearch", "rollups"]
 
@@ -75,7 +80,8 @@ def hits_nightly():
             settings = load_settings()
             plan = pipeline.plan_run(
                 settings,
-                requested_day=context["params"]["day"],
+                # A partition's run (scheduled, backfilled, cleared) is its day; a manual run names it.
+                requested_day=context.get("partition_key") or context["params"]["day"],
                 run_after=context["dag_run"].run_after,
                 environments=context["params"]["environments"],
                 full_reload=context["params"]["full_reload"],

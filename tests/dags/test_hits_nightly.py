@@ -167,3 +167,24 @@ def test_an_unknown_environment_fails_before_anything_is_loaded(dagbag, pipeline
     assert run.state == "failed"
     assert states["create_indexes"] == ("failed", 1)
     assert states["plan_load"][0] == "upstream_failed"
+
+
+def test_each_scheduled_run_is_the_partition_of_the_local_day_before(monkeypatch) -> None:
+    import importlib
+    import sys
+
+    import pendulum
+    from airflow.timetables.trigger import CronPartitionTimetable
+
+    monkeypatch.setenv("HITS_TIMEZONE", "Europe/Berlin")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
+    try:
+        schedule = importlib.reload(importlib.import_module("hits_nightly")).SCHEDULE
+    finally:
+        sys.path.pop(0)
+    assert (schedule.run_offset, schedule.key_format) == (-1, "%Y-%m-%d")
+    # The scheduler's own class, built as it deserializes the DAG's.
+    scheduled = CronPartitionTimetable(schedule.expression, timezone=schedule.timezone, run_offset=-1,
+                                       key_format=schedule.key_format)  # fmt: skip
+    night = pendulum.datetime(2026, 3, 30, 1, 30, tz="Europe/Berlin")  # the night after the clocks went forward
+    assert scheduled._get_partition_info(run_date=night)[1] == "2026-03-29"
