@@ -310,8 +310,8 @@ static int format_instant(const Instant *t, char *out) {
     return (int)(p - out);
 }
 
-/* A non-negative integer in decimal. */
-static int format_integer(long long value, char *out) {
+/* An unsigned integer in decimal. */
+static int format_unsigned(unsigned long long value, char *out) {
     char digits[24];
     int n = 0;
     do {
@@ -322,19 +322,14 @@ static int format_integer(long long value, char *out) {
     return n;
 }
 
+/* A non-negative integer in decimal. */
+static int format_integer(long long value, char *out) { return format_unsigned((unsigned long long)value, out); }
+
 /* A signed integer in decimal. */
 static int format_signed(long long value, char *out) {
-    if (value >= 0) return format_integer(value, out);
-    unsigned long long magnitude = 0ULL - (unsigned long long)value;
-    char digits[24];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + magnitude % 10);
-        magnitude /= 10;
-    } while (magnitude);
+    if (value >= 0) return format_unsigned((unsigned long long)value, out);
     out[0] = '-';
-    for (int i = 0; i < n; i++) out[1 + i] = digits[n - 1 - i];
-    return n + 1;
+    return 1 + format_unsigned(0ULL - (unsigned long long)value, out + 1);
 }
 
 /* hitmetrics.users.user_key: the long whose BitMixer.mix64 hash has the id's low 25 bits on top. */
