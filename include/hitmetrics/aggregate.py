@@ -249,18 +249,16 @@ def aggregate_partition(
 
     # Hits, distinct pages (global ordinals: cheap) and the span of user ids size the work; the rows come in a
     # snapshot of their own.
-    count = _search(
-        es,
-        query,
-        {
-            "pages": {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}},
-            "user_min": {"min": {"field": "user_id"}},
-            "user_max": {"max": {"field": "user_id"}},
-            "user_keys": {"value_count": {"field": exact.FIELD}},
-        },
-        index=index,
-        track_total_hits=True,
-    )
+    if not index:
+        raise ValueError("no index to aggregate: an empty name would search every index")
+    sizing = {
+        "user_min": {"min": {"field": "user_id"}},
+        "user_max": {"max": {"field": "user_id"}},
+        "user_keys": {"value_count": {"field": exact.FIELD}},
+    }
+    if with_pages:
+        sizing["pages"] = {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}
+    count = _search(es, query, sizing, index=index, track_total_hits=True)
     hits = count["hits"]["total"]["value"]
     found_aggs = count.get("aggregations", {})
     keyed = found_aggs.get("user_keys", {}).get("value", 0)

@@ -147,7 +147,10 @@ def aggregate_partitions(
     rollup.create_tables(engine)
     partitions = partition_indexes(settings, load_report["partitions"], plan.environments)
     days = sorted({day for _, day, _ in partition_indexes(settings, load_report["partitions"], settings.environments)})
-    partitions += [(",".join(indexes.day_indexes(es, settings, day)), day, aggregate.ALL) for day in days]
+    for day in days:
+        # Never an empty name: that would search every index of the cluster.
+        if names := indexes.day_indexes(es, settings, day):
+            partitions.append((",".join(names), day, aggregate.ALL))
     staged = []
     for aggs in aggregate.aggregate_partitions(es, partitions, settings.timezone):
         day, environment = staging.stage_partition(engine, load_report["load_id"], aggs)
