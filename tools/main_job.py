@@ -55,8 +55,18 @@ def summary(database_url: str, day: dt.date) -> str:
             ),
             {"day": day},
         ).all()
-        lines.append(f"{day}: {'environment':<12} {'hits':>9} {'users':>7}")
-        lines += [f"            {env:<12} {hits:>9,} {users:>7,}" for env, hits, users in day_rows]
+        every = conn.execute(
+            sa.text("SELECT hits, unique_users FROM hits_all_daily WHERE day = :day"), {"day": day}
+        ).first()
+        visits = dict(conn.execute(sa.text("SELECT environment, visits FROM hits_visits_daily WHERE day = :day"),
+                                   {"day": day}).all())  # fmt: skip
+        lines.append(f"{day}: {'environment':<12} {'hits':>9} {'users':>7} {'visits':>7}")
+        lines += [
+            f"            {env:<12} {hits:>9,} {users:>7,} {visits.get(env, 0):>7,}" for env, hits, users in day_rows
+        ]
+        if every:
+            lines.append(f"            {'all':<12} {every.hits:>9,} {every.unique_users:>7,} {sum(visits.values()):>7,}"
+                         "  (users exact, each counted once)")  # fmt: skip
         top = conn.execute(
             sa.text(
                 "SELECT page, hits, unique_users FROM hits_by_page_daily "

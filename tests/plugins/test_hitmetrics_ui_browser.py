@@ -144,18 +144,31 @@ def test_log_in_open_the_page_from_the_navigation_and_use_it(airflow):
             page.wait_for_timeout(300)  # let the fonts settle before the picture
             page.screenshot(path=ARTIFACTS / "hit-metrics-page.png", full_page=True)
 
-            # Sorting by unique users, then following a page to its own 30-minute chart.
+            expect(frame.locator("#kpis")).to_contain_text("Bounce rate")
+            expect(frame.locator("#kpis")).to_contain_text("across environments, each once")
+
+            # One environment, sorted by unique users (kept in the URL), then a page's own 30-minute chart.
+            frame.locator("#environment").select_option("production")
+            expect(frame.locator("#subtitle")).to_contain_text("production")
             frame.locator("th[data-key=unique_users]").click()
             expect(frame.locator("th[data-key=unique_users]")).to_contain_text("▼")
             users = [int(t.replace(",", "")) for t in frame.locator("#pages tbody td:nth-child(4)").all_inner_texts()]
             assert users == sorted(users, reverse=True)
+            expect(frame.locator("#pages a", has_text="/checkout").first).to_be_visible()
             frame.locator("#pages a", has_text="/checkout").first.click()
             expect(frame.locator("#title")).to_contain_text("/checkout")
             expect(frame.locator("#pages tr.selected")).to_contain_text("/checkout")
             page.wait_for_url("**page=%2Fcheckout**")  # the Airflow address bar follows the page
-            frame.locator("#environment").select_option("production")
-            expect(frame.locator("#subtitle")).to_contain_text("production")
-            expect(frame.locator("#title")).to_contain_text("/checkout")  # the page stays chosen
+            assert "sort=unique_users" in page.url  # the sort survives the navigation, so a reload too
+            expect(frame.locator("th[data-key=unique_users]")).to_contain_text("▼")
             page.screenshot(path=ARTIFACTS / "hit-metrics-one-page.png", full_page=True)
+
+            # Mistakes are named, not shown as another day or as zeros.
+            page.goto(f"{base}/hitmetrics/?day=2026-02-30")
+            expect(page.locator("#main")).to_contain_text('"2026-02-30" is not a day')
+            expect(page.locator("#day")).to_contain_text("2026-02-30 (not a day)")
+            page.goto(f"{base}/hitmetrics/?environment=prod")
+            expect(page.locator("#main")).to_contain_text("404 environment 'prod' is not one of HITS_ENVIRONMENTS")
+            expect(page.locator("#environment")).to_contain_text("prod (unknown)")
         finally:
             browser.close()
