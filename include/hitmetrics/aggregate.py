@@ -8,6 +8,10 @@ request. A large one has its page rows split into term partitions (`include.part
 are checked against describe the same snapshot; it costs about one pass over its hits whatever its number of
 pages. `aggregate_partitions` runs a day's partitions two at a time.
 
+Unique users are exact in every row (`hitmetrics.users`): the cardinality of `user_key`, read back from linear
+counting, with the rows too large for it asked again in parts in one more request. A partition of `ALL` is the
+day across every environment's index, without page rows.
+
 The aggregate and rollup tasks are separate Airflow tasks and the rows are too big for XCom: they are staged in the
 rollup database (`staging.py`).
 """
@@ -242,6 +246,8 @@ def aggregate_partition(
     partitions the page rows are first asked in (tests); by default the hit and page counts decide: one request
     for a small partition, parts in parallel for a large one.
     """
+    if not index:
+        raise ValueError("no index to aggregate: an empty name would search every index")
     start, end = day_bounds(day, tz)
     in_day = {"range": {"datetime": {"gte": start.isoformat(), "lt": end.isoformat()}}}
     with_pages = environment != ALL
@@ -249,8 +255,6 @@ def aggregate_partition(
 
     # Hits, distinct pages (global ordinals: cheap) and the span of user ids size the work; the rows come in a
     # snapshot of their own.
-    if not index:
-        raise ValueError("no index to aggregate: an empty name would search every index")
     sizing = {
         "user_min": {"min": {"field": "user_id"}},
         "user_max": {"max": {"field": "user_id"}},

@@ -590,19 +590,8 @@ def _write_documents(
                         (instant.date() if utc else instant.astimezone(tz).date(), environment)
                     )
                     body.write(action % item.line)
-                    body.write(
-                        encode(
-                            _Source(
-                                item.page,
-                                instant,
-                                item.user_id,
-                                user_key(item.user_id),
-                                environment,
-                                source_file,
-                                load_id,
-                            )
-                        )
-                    )  # fmt: skip)
+                    user = item.user_id
+                    body.write(encode(_Source(item.page, instant, user, user_key(user), environment, source_file, load_id)))
                     body.write(b"\n")
                     body.docs += 1
                     if _full(body):
