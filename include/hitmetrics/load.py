@@ -591,7 +591,9 @@ def _write_documents(
                     )
                     body.write(action % item.line)
                     user = item.user_id
-                    body.write(encode(_Source(item.page, instant, user, user_key(user), environment, source_file, load_id)))
+                    body.write(
+                        encode(_Source(item.page, instant, user, user_key(user), environment, source_file, load_id))
+                    )
                     body.write(b"\n")
                     body.docs += 1
                     if _full(body):
