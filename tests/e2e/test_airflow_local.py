@@ -94,8 +94,8 @@ def test_trigger_through_the_rest_api(local_airflow, es, postgres_url: str) -> N
     assert_rollups_match_elasticsearch(local_airflow, es, "production", postgres_url)
 
 
-def test_a_backfill_loads_each_runs_previous_day(local_airflow) -> None:
-    """`airflow backfill create` (the scheduler runs the backfill): each run loads its own landing day."""
+def test_a_backfill_loads_the_days_it_names(local_airflow) -> None:
+    """`airflow backfill create` (the scheduler runs the backfill): each run is a partition, the day it loads."""
     import sqlalchemy as sa
 
     from hitmetrics import rollup
@@ -104,32 +104,32 @@ def test_a_backfill_loads_each_runs_previous_day(local_airflow) -> None:
     # Days before today, whatever the clock says: Airflow refuses a backfill of future dates.
     today = dt.datetime.now(dt.UTC).date()
     landing = local_airflow.data_dir / "landing"
-    for back in (6, 5, 4):
+    for back in (6, 5, 4, 3):
         generate_day(landing, today - dt.timedelta(days=back), hits=800, pages=30, users=100)
+    # The partitions of the 01:30 ticks from --from-date up to --to-date's midnight: back 5 and back 4.
+    days = [today - dt.timedelta(days=back) for back in (5, 4)]
     local_airflow.api("PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
     airflow = str(Path(sys.executable).with_name("airflow"))
-    first, last = (str(today - dt.timedelta(days=back)) for back in (5, 3))
     created = subprocess.run(
-        [airflow, "backfill", "create", "--dag-id", NIGHTLY, "--from-date", first, "--to-date", last],
+        [airflow, "backfill", "create", "--dag-id", NIGHTLY, "--from-date", str(days[0]),
+         "--to-date", str(today - dt.timedelta(days=3))],
         env=local_airflow.env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert created.returncode == 0, created.stdout + created.stderr
     runs = local_airflow.api("GET", f"/dags/{NIGHTLY}/dagRuns?run_type=backfill")["dag_runs"]
-    assert len(runs) >= 2, runs
+    assert {run.get("partition_key") for run in runs} == {str(day) for day in days}, runs
     for run in runs:
         local_airflow.wait_for_run(run["dag_run_id"])
 
-    # A run at 01:30 UTC loads the local day before it.
-    expected = {(dt.datetime.fromisoformat(run["run_after"]).date() - dt.timedelta(days=1)).isoformat() for run in runs}
     engine = rollup.engine_for(f"sqlite:///{local_airflow.data_dir / 'rollups.sqlite'}")
     try:
         with engine.connect() as db:
             loaded = db.execute(sa.text("SELECT landing_day FROM hits_loads WHERE loaded = 800")).scalars().all()
     finally:
         engine.dispose()
-    assert expected <= {str(day)[:10] for day in loaded}
-    for day in expected:
-        assert local_airflow.env_daily_rows(day), f"no rollups for {day}"
+    assert {str(day) for day in days} <= {str(day)[:10] for day in loaded}
+    for day in days:
+        assert local_airflow.env_daily_rows(str(day)), f"no rollups for {day}"
 
 
 def forget_partition(database_url: str, day: str) -> None:
