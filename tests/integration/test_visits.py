@@ -112,3 +112,15 @@ def test_a_day_without_its_index_has_no_visits_to_publish(es: Elasticsearch, ind
     found = day_visits(es, lambda d: indexes.index_name(index_prefix, d, "production"), dt.date(2026, 1, 1),
                        "production", "UTC", GAP)  # fmt: skip
     assert found is None
+
+
+def test_the_walk_in_many_ranges_of_users_gives_the_same_visits(
+    es: Elasticsearch, index_prefix: str, monkeypatch
+) -> None:
+    from hitmetrics import visits
+
+    day, tz = dt.date(2026, 10, 25), "Europe/Berlin"
+    hits = random_hits(day, tz, seed=3)
+    load(es, index_prefix, hits, tz)
+    monkeypatch.setattr(visits, "HITS_PER_RANGE", 40)  # about 15 ranges of the 25 users
+    assert visits_of(es, index_prefix, day, tz) == expected(hits, day, tz)
