@@ -314,6 +314,7 @@ def replace_partition(engine: Engine, aggs: PartitionAggregates) -> None:
     """Replace a partition's rows in the four rollup tables in one transaction."""
     with engine.begin() as conn:
         _replace_rows(conn, aggs)
+        _write_calendar(conn, aggs.day, aggs.timezone)
 
 
 def publish_partition(engine: Engine, aggs: PartitionAggregates) -> PartitionCheck:
@@ -348,18 +349,20 @@ def publish_in(
     for day_visits in visits:
         for name, rows in day_visits.tables().items():
             table = VISITS_TABLES[name]
-            conn.execute(
-                delete(table).where(table.c.environment == day_visits.environment, table.c.day == day_visits.day)
+            _replace(
+                conn, table, and_(table.c.environment == day_visits.environment, table.c.day == day_visits.day), rows
             )
-            for batch in _batches([row._asdict() for row in rows]):
-                conn.execute(insert(table), batch)
     checks = []
+    calendar_days = set()
     for aggs in partitions:
         check = evaluate_partition(aggs)
         if check.passed:
             _replace_rows(conn, aggs)
+            calendar_days.add((aggs.day, aggs.timezone))
         _write_check(conn, check)
         checks.append(check)
+    for day, tz in sorted(calendar_days):  # once a day, however many of its partitions were published
+        _write_calendar(conn, day, tz)
     return checks
 
 
@@ -373,12 +376,16 @@ def raise_failed(checks: list[PartitionCheck]) -> list[PartitionCheck]:
 
 def _replace_rows(conn: Connection, aggs: PartitionAggregates) -> None:
     _refuse_rows_outside(aggs)
-    _write_calendar(conn, aggs.day, aggs.timezone)
     for name, rows in aggs.tables().items():
         table = ROLLUP_TABLES[name]
-        conn.execute(delete(table).where(_in_partition(table, aggs.environment, aggs.day, aggs.timezone)))
-        for batch in _batches([row._asdict() for row in rows]):
-            conn.execute(insert(table), batch)
+        _replace(conn, table, _in_partition(table, aggs.environment, aggs.day, aggs.timezone), rows)
+
+
+def _replace(conn: Connection, table: Table, where: ColumnElement[bool], rows: Sequence[Any]) -> None:
+    """The rows of `table` that match `where`, replaced by `rows` (named tuples), in batches."""
+    conn.execute(delete(table).where(where))
+    for batch in _batches([row._asdict() for row in rows]):
+        conn.execute(insert(table), batch)
 
 
 def _write_calendar(conn: Connection, day: dt.date, tz: str) -> None:
