@@ -146,8 +146,8 @@ def aggregate_partitions(
     engine = rollup.engine_for(database_url)
     rollup.create_tables(engine)
     partitions = partition_indexes(settings, load_report["partitions"], plan.environments)
-    days = sorted({day for _, day, _ in partition_indexes(settings, load_report["partitions"], settings.environments)})
-    for day in days:
+    touched = {dt.date.fromisoformat(day) for day, env, _ in load_report["partitions"] if env in settings.environments}
+    for day in sorted(touched):
         # Never an empty name: that would search every index of the cluster.
         if names := indexes.day_indexes(es, settings, day):
             partitions.append((",".join(names), day, aggregate.ALL))
