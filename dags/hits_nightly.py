@@ -25,23 +25,59 @@ loaded, naming the rejects file. Connections: `hits_elasticsearch`, `hits_rollup
 
 from __future__ import annotations
 
-import logging
+import datetime as dt
 import os
 
 import pendulum
-from airflow.sdk import CronPartitionTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    AsyncCallback,
+    CronPartitionTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    PokeReturnValue,
+    dag,
+    get_current_context,
+    task,
+)
 
-from hitmetrics_airflow import DAG_POLICY
+from hitmetrics_airflow import DAG_POLICY, rollups_asset
+from hitmetrics_waits import LandingDaySensor
 
-log = logging.getLogger(__name__)
 DAG_ID = "hits_nightly"
 # After the day's last log files have landed, in the reporting time zone; each run is the partition of the local
 # day before (run_offset -1), keyed YYYY-MM-DD: scheduled, backfilled or cleared, a run knows its day.
+CRON_TIME = dt.time(1, 30)
 SCHEDULE = CronPartitionTimetable(
-    "30 1 * * *", timezone=os.environ.get("HITS_TIMEZONE") or "UTC", run_offset=-1, key_format="%Y-%m-%d"
-)
+    f"{CRON_TIME.minute} {CRON_TIME.hour} * * *", timezone=os.environ.get("HITS_TIMEZONE") or "UTC", run_offset=-1,
+    key_format="%Y-%m-%d",
+)  # fmt: skip
+
+
+def rollups_deadline(clock: str) -> DeadlineAlert | None:
+    """Alert when a run has not published by the local time `clock` (HITS_ROLLUPS_DEADLINE): that long after the
+    01:30 run is queued (an hour more or less on a DST night); none for `off`.
+
+    In Airflow 3.3.2 `dag.test()` of a DAG with a deadline fails once its run succeeds (it looks the alert up by an
+    id only the DAG processor gives it): `HITS_ROLLUPS_DEADLINE=off` for `dag.test()` (tests/dags/conftest.py).
+    """
+    if clock == "off":
+        return None
+    hour, minute = map(int, clock.split(":"))
+    interval = dt.timedelta(hours=hour - CRON_TIME.hour, minutes=minute - CRON_TIME.minute) % dt.timedelta(days=1)
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=interval,
+        callback=AsyncCallback("hitmetrics_waits.rollups_late"),
+        name="rollups published",
+    )
+
+
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 TAGS = ["hitmetrics", "elasticsearch", "rollups"]
+# Runs wait for their landing day side by side (a late scheduled day never holds up a user's manual one); only
+# one at a time loads and publishes (the lock_writes task).
+MAX_ACTIVE_RUNS = 4
 
 PARAMS = {
     "day": Param(None, type=["null", "string"], format="date", title="Landing day",
@@ -57,47 +93,35 @@ PARAMS = {
     dag_id=DAG_ID,
     schedule=SCHEDULE,
     start_date=START_DATE,
-    **DAG_POLICY,
+    **(DAG_POLICY | {"max_active_runs": MAX_ACTIVE_RUNS}),
+    deadline=rollups_deadline(os.environ.get("HITS_ROLLUPS_DEADLINE") or "06:00"),
     tags=TAGS,
     params=PARAMS,
     doc_md=__doc__,
 )
 def hits_nightly():
+    wait_for_landing = LandingDaySensor(task_id="wait_for_landing")
+
     @task(multiple_outputs=False)
-    def create_indexes() -> dict:
-        """Resolve the run's day and environments, and create the day's indexes ahead of the load."""
-        from dataclasses import asdict
-
-        from airflow.sdk.exceptions import AirflowFailException
-
+    def create_indexes(plan: dict) -> dict:
+        """Create the day's indexes (and the next day's: hits near midnight spill over) ahead of the load."""
         from hitmetrics import pipeline
-        from hitmetrics.config import ConfigError, load_settings
-        from hitmetrics_airflow import elasticsearch_client, storage_root
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import elasticsearch_client
 
-        context = get_current_context()
-        manual = context["dag_run"].run_type == "manual"
-        try:
-            settings = load_settings()
-            plan = pipeline.plan_run(
-                settings,
-                # A partition's run (scheduled, backfilled, cleared) is its day; a manual run names it.
-                requested_day=context.get("partition_key") or context["params"]["day"],
-                run_after=context["dag_run"].run_after,
-                environments=context["params"]["environments"],
-                full_reload=context["params"]["full_reload"],
-                manual=manual,
-            )
-            pipeline.check_landing_day(plan, storage_root(settings.landing))
-        except ConfigError as error:  # a wrong parameter or setting: retrying cannot help
-            raise AirflowFailException(str(error)) from error
-        except pipeline.MissingLandingDay as error:
-            if manual:  # the user named a day that has no folder: say so now, and create nothing
-                raise AirflowFailException(str(error)) from error
-            raise  # a scheduled run retries: a late shipper may still be writing the folder
-        log.info("landing day %s, environments %s%s", plan.landing_day, ", ".join(plan.environments),
-                 " (full reload)" if plan.full_reload else "")  # fmt: skip
-        pipeline.prepare_indexes(elasticsearch_client(settings), settings, plan)
-        return asdict(plan)
+        settings = load_settings()
+        pipeline.prepare_indexes(elasticsearch_client(settings), settings, pipeline.RunPlan(**plan))
+        return plan
+
+    @task.sensor(poke_interval=30, timeout=6 * 3600, mode="reschedule")
+    def lock_writes(plan: dict) -> PokeReturnValue:
+        """Wait (holding no worker slot) until no other run is loading or publishing, and take the writers' lock."""
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import rollups_url
+        from hitmetrics_waits import take_writes_lock
+
+        taken = take_writes_lock(get_current_context(), rollups_url(load_settings()))
+        return PokeReturnValue(is_done=taken, xcom_value=plan)
 
     @task
     def plan_load(plan: dict) -> list[dict]:
@@ -160,19 +184,27 @@ def hits_nightly():
         es = elasticsearch_client(settings)
         return pipeline.aggregate_partitions(es, settings, run, load_report, rollups_url(settings))
 
-    @task
+    @task(outlets=[rollups_asset("daily")])
     def write_rollups(staged: list[list[str]], load_report: dict) -> list[dict]:
         """Count the visits of the staged days (and of the days before: visits cross midnight), then publish them,
-        the staged partitions and the load in one transaction."""
+        the staged partitions and the load in one transaction; an event of the daily rollups' asset per day."""
         from hitmetrics import pipeline
         from hitmetrics.config import load_settings
         from hitmetrics_airflow import elasticsearch_client, rollups_url
+        from hitmetrics_waits import release_writes_lock
 
         settings = load_settings()
         es = elasticsearch_client(settings)
-        return pipeline.publish_rollups(es, settings, rollups_url(settings), staged, load_report)
+        published = pipeline.publish_rollups(es, settings, rollups_url(settings), staged, load_report)
+        # One event per published day (the week and month rollups key on it), and the landing day's even when it
+        # published nothing (a full reload that emptied it): its week and month change too.
+        events = get_current_context()["outlet_events"][rollups_asset("daily")]
+        events.extra = pipeline.published_days(published, load_report)
+        events.add_partitions(sorted({*events.extra["days"], load_report["landing_day"]}))
+        release_writes_lock(get_current_context(), rollups_url(settings))
+        return published
 
-    plan = create_indexes()
+    plan = lock_writes(create_indexes(wait_for_landing.output))
     shards = plan_load(plan)
     report = finish_load(shards, load_shard.expand(shard=shards))
     write_rollups(aggregate_30m(plan, report), report)

@@ -88,6 +88,14 @@ def storage_root(location: str) -> Any:
     return Path(location)
 
 
+def rollups_asset(grain: str) -> Any:
+    """The asset of the rollup tables of a grain (`daily`, `weekly`, `monthly`): an event per published partition,
+    keyed by its day (`2026-11-30`), week (`2026-11-30 (W49)`) or month (`2026-11`)."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"hits_{grain}_rollups", uri=f"hitmetrics://rollups/{grain}", group="hitmetrics")
+
+
 # One policy for every hitmetrics DAG (tests/dags/test_dag_policy.py enforces it).
 DAG_OWNER = "hitmetrics"
 DEFAULT_ARGS: dict[str, Any] = {

@@ -33,7 +33,7 @@ from tools import esnode, pgserver
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8080
 READY_TIMEOUT_S = 240
-DAG_IDS = ("hits_nightly", "hits_indexes")
+DAG_IDS = ("hits_nightly", "hits_intraday", "hits_indexes", "hits_weekly", "hits_monthly")
 USERNAME = "admin"  # standalone's SimpleAuthManager user; its password is generated on the first start
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
 LOG_FILE = "standalone.log"

@@ -21,6 +21,10 @@ DEFAULT_ES_URL = "http://127.0.0.1:9200"
 ENVIRONMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 INDEX_PREFIX = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 REPLICAS = re.compile(r"\d{1,2}|\d{1,2}-(\d{1,2}|all)")
+CLOCK_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+# A local time on the day after the landing day, or (24:00 to 47:59) on the day after that.
+LATER_CLOCK_TIME = re.compile(r"([0-3]\d|4[0-7]):[0-5]\d")
+MARKER = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,11 @@ class Settings:
     replicas: str = "0-1"  # per daily index: a count, or a range fitted to the nodes there are
     shard_mb: float = 1024  # a day's load is fanned out in shards of about this many MiB of files
     visit_gap_minutes: float = 30  # a user's hits further apart than this are two visits
+    landing_marker: str = ""  # a file the shipper writes last into a day's folder (`_SUCCESS`); empty: none
+    # Local time on the day after the landing day until which a scheduled run waits (24:00-47:59: the day after).
+    landing_wait_until: str = "05:00"
+    rollups_deadline: str = "06:00"  # local time, on the day after, by which a day's rollups are due; "off": none
+    landing_poll_seconds: float = 60  # how often a waiting run looks for its landing folder
 
     def __post_init__(self) -> None:
         for env in self.environments:
@@ -73,6 +82,18 @@ class Settings:
             raise ConfigError("HITS_SHARD_MB: must be a number of MiB above 0, e.g. 512 or 0.5")
         if not 0 < self.visit_gap_minutes <= 24 * 60:
             raise ConfigError("HITS_VISIT_GAP_MINUTES: must be a number of minutes above 0, at most a day (1440)")
+
+        for name, value in (("HITS_LANDING_WAIT_UNTIL", self.landing_wait_until),
+                            ("HITS_ROLLUPS_DEADLINE", self.rollups_deadline)):  # fmt: skip
+            if not CLOCK_TIME.fullmatch(value) and not (name == "HITS_ROLLUPS_DEADLINE" and value == "off"):
+                raise ConfigError(
+                    f"{name}: {value!r} is not a local time of day (HH:MM, 00:00 to 23:59)"
+                    + (" or off" if name == "HITS_ROLLUPS_DEADLINE" else "")
+                )
+        if not 0 < self.landing_poll_seconds <= 3600:
+            raise ConfigError("HITS_LANDING_POLL_SECONDS: must be a number of seconds above 0, at most 3600")
+        if self.landing_marker and (not MARKER.fullmatch(self.landing_marker) or set(self.landing_marker) == {"."}):
+            raise ConfigError(f"HITS_LANDING_MARKER: {self.landing_marker!r} is not a file name (such as _SUCCESS)")
 
     @property
     def tz(self) -> ZoneInfo:
@@ -127,4 +148,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         replicas=env.get("HITS_ES_REPLICAS", "").strip() or Settings.replicas,
         shard_mb=number("HITS_SHARD_MB", float, Settings.shard_mb),  # type: ignore[arg-type]
         visit_gap_minutes=number("HITS_VISIT_GAP_MINUTES", float, Settings.visit_gap_minutes),  # type: ignore[arg-type]
+        landing_marker=env.get("HITS_LANDING_MARKER", "").strip(),
+        landing_wait_until=env.get("HITS_LANDING_WAIT_UNTIL", "").strip() or Settings.landing_wait_until,
+        rollups_deadline=env.get("HITS_ROLLUPS_DEADLINE", "").strip() or Settings.rollups_deadline,
+        landing_poll_seconds=number("HITS_LANDING_POLL_SECONDS", float, Settings.landing_poll_seconds),  # type: ignore[arg-type]
     )

@@ -146,6 +146,11 @@ class DayStatus:
     def checks_passed(self) -> bool | None:
         return all(check.passed for check in self.checks) if self.checks else None
 
+    @property
+    def partial(self) -> bool:
+        """Only intraday loads so far (today, before the nightly run has loaded the day whole)."""
+        return bool(self.loads) and all(load.status == "partial" for load in self.loads)
+
 
 def day_bucket_starts(day: dt.date, tz: ZoneInfo) -> list[dt.datetime]:
     """UTC starts of the 30-minute buckets of local `day`: 48, or 46 / 50 when the clocks change that day."""

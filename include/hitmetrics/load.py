@@ -152,15 +152,18 @@ class Shard:
     count: int  # shards of the load
     files: tuple[str, ...]
     bytes: int
+    stamps: tuple[str, ...] = ()  # each file's size and modification time when planned (`file_stamp`)
+    incremental: bool = False  # the load is of some of the folder's files (`plan_load`'s `loaded`), not all
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly values, for XCom."""
-        return {**self.__dict__, "landing_day": self.landing_day.isoformat(), "files": list(self.files)}
+        return {**self.__dict__, "landing_day": self.landing_day.isoformat(), "files": list(self.files),
+                "stamps": list(self.stamps)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Shard:
         return cls(**{**values, "landing_day": dt.date.fromisoformat(values["landing_day"]),
-                      "files": tuple(values["files"])})  # fmt: skip
+                      "files": tuple(values["files"]), "stamps": tuple(values.get("stamps", ()))})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,14 @@ class LoadPlan:
         ):
             raise LoadError(f"the shards given are not the {first.count} of load {first.load_id}")
         return cls(landing_day=first.landing_day, load_id=first.load_id, shards=ordered)
+
+    @property
+    def incremental(self) -> bool:
+        return self.shards[0].incremental
+
+    def stamps(self) -> dict[str, str]:
+        """Each planned file's stamp (`file_stamp`), by `source_file`."""
+        return {name: stamp for shard in self.shards for name, stamp in zip(shard.files, shard.stamps, strict=True)}
 
 
 @dataclass
@@ -235,6 +246,8 @@ class LoadReport:
     deleted: int = 0  # stale documents the folder no longer contributes
     seconds: float = 0.0
     shards: int = 1
+    incremental: bool = False  # only some files of the folder were loaded (new or changed ones: `plan_load`)
+    stamps: dict[str, str] = field(default_factory=dict)  # each loaded file's `file_stamp` when it was planned
 
     @property
     def reject_ratio(self) -> float:
@@ -323,9 +336,14 @@ def plan_load(
     load_id: str | None = None,
     missing_ok: bool = False,
     shard_mb: float | None = -1,
+    loaded: Mapping[str, str] | None = None,
 ) -> LoadPlan:
     """List the landing day's files and split them into shards of about `shard_mb` MiB (default
     `settings.shard_mb`; None: one shard), whole files each, largest first onto the lightest shard.
+
+    With `loaded` (the stamp of each file already loaded, by `source_file`: the manifest), the load is incremental:
+    only the files that are new or whose stamp changed are planned, and finishing it replaces exactly their
+    documents (the rest of the folder is left as it is).
 
     A file is never split: a gzip stream cannot be entered in the middle, a CSV record may span lines and a
     document's id is its file and line. Raises `MissingLandingDay` (unless `missing_ok`) and
@@ -346,18 +364,34 @@ def plan_load(
         log.warning(
             "ignoring %d file(s) that are not *.jsonl/*.ndjson/*.csv[.gz]: %s", len(ignored), ", ".join(ignored)
         )
-    sizes = [(file.source_file, file.path.stat().st_size) for file in files]
+    stats = {file.source_file: file.path.stat() for file in files}
+    stamps = {name: file_stamp(stat) for name, stat in stats.items()}
+    if loaded is not None:
+        unchanged = [name for name, stamp in stamps.items() if loaded.get(name) == stamp]
+        stats = {name: stat for name, stat in stats.items() if loaded.get(name) != stamps[name]}
+        log.info("%d file(s) loaded before and unchanged, %d new or changed", len(unchanged), len(stats))
+    sizes = [(name, stat.st_size) for name, stat in stats.items()]
     shard_mb = settings.shard_mb if shard_mb == -1 else shard_mb
     split = split_into_shards(sizes, None if shard_mb is None else max(1, int(shard_mb * (1 << 20))))
     shards = tuple(
-        Shard(landing_day, load_id, number, len(split), tuple(names), size)
+        Shard(landing_day, load_id, number, len(split), tuple(names), size, tuple(stamps[n] for n in names),
+              incremental=loaded is not None)
         for number, (names, size) in enumerate(split)
-    )
+    )  # fmt: skip
     log.info(
         "load %s of landing day %s: %d file(s), %.1f MiB under %s, in %d shard(s)",
-        load_id, landing_day, len(files), sum(shard.bytes for shard in shards) / (1 << 20), root, len(shards),
+        load_id, landing_day, len(sizes), sum(shard.bytes for shard in shards) / (1 << 20), root, len(shards),
     )  # fmt: skip
     return LoadPlan(landing_day, load_id, shards)
+
+
+def file_stamp(stat: Any) -> str:
+    """A file's size and modification time (`<bytes>:<ns>`): a file whose stamp is unchanged is not loaded again by
+    an incremental load. Object storage gives the time its object was written."""
+    nanoseconds = getattr(stat, "st_mtime_ns", None)
+    if nanoseconds is None:
+        nanoseconds = round(float(getattr(stat, "st_mtime", 0) or 0) * 1e9)
+    return f"{stat.st_size}:{nanoseconds}"
 
 
 def split_into_shards(sizes: Sequence[tuple[str, int]], shard_bytes: int | None) -> list[tuple[list[str], int]]:
@@ -472,10 +506,17 @@ def finish_load(
 
     alias = settings.index_prefix
     folder_prefix = f"{plan.landing_day.isoformat()}/"
+    # What the load replaces: the folder, or (incremental) its files that it loaded.
+    stamps = plan.stamps()
+    if plan.incremental:
+        scope, what = {"terms": {"source_file": sorted(stamps)}}, f"{len(stamps)} file(s) of {folder_prefix}"
+    else:
+        scope, what = {"prefix": {"source_file": folder_prefix}}, folder_prefix
+    report.incremental, report.stamps = plan.incremental, stamps
     attempts = [shard.attempt_id for shard in shards]
     es.indices.refresh(index=alias, ignore_unavailable=True)
     foreign = foreign_behind_alias(es, settings)  # the sweep and the count keep out of what is not ours
-    deleted = _sweep_stale(es, alias, folder_prefix, attempts, foreign)
+    deleted = _sweep_stale(es, alias, scope, what, attempts, foreign)
     es.indices.refresh(index=alias, ignore_unavailable=True)
     report.deleted = deleted.total()
     written: Counter[str] = Counter()
@@ -483,7 +524,7 @@ def finish_load(
         written.update(shard.written)
     touched = {name: written.get(name, 0) for name in [*written, *deleted]}
     report.partitions = _by_partition(settings.index_prefix, touched)
-    _reconcile(es, settings, folder_prefix, attempts, report, foreign)
+    _reconcile(es, settings, scope, what, attempts, report, foreign)
 
     report.seconds = time.monotonic() - started
     if len(shards) > 1:
@@ -707,14 +748,19 @@ def _action_template(index: str, id_prefix: str) -> bytes:
 
 
 def _sweep_stale(
-    es: Elasticsearch, alias: str, folder_prefix: str, attempts: Sequence[str], foreign: list[dict[str, Any]]
+    es: Elasticsearch,
+    alias: str,
+    scope: dict[str, Any],
+    what: str,
+    attempts: Sequence[str],
+    foreign: list[dict[str, Any]],
 ) -> Counter[str]:
     """Delete every document from the landing folder written by anything but the load's shard `attempts` (another
     load, a shard's failed attempt), in our own indexes only (`foreign` says which indexes behind the alias are
     not); returns the deletions per index."""
     query = {
         "bool": {
-            "filter": [{"prefix": {"source_file": folder_prefix}}],
+            "filter": [scope],
             "must_not": [{"terms": {"load_id": list(attempts)}}, *foreign],
         }
     }
@@ -755,21 +801,22 @@ def _sweep_stale(
     finally:
         es.options(ignore_status=404).close_point_in_time(id=pit)
     if deleted:
-        log.info("deleted %d stale document(s) from %s: %s", deleted.total(), folder_prefix, dict(deleted))
+        log.info("deleted %d stale document(s) from %s: %s", deleted.total(), what, dict(deleted))
     return deleted
 
 
 def _reconcile(
     es: Elasticsearch,
     settings: Settings,
-    folder_prefix: str,
+    scope: dict[str, Any],
+    what: str,
     attempts: Sequence[str],
     report: LoadReport,
     foreign: list[dict[str, Any]],
 ) -> None:
     """Check Elasticsearch's counts: per partition exactly what the load's shard `attempts` wrote, and nothing else
     from the folder in our own indexes."""
-    from_folder = {"prefix": {"source_file": folder_prefix}}
+    from_folder = scope
     mismatches = []
     for (day, environment), expected in sorted(report.partitions.items()):
         name = index_name(settings.index_prefix, day, environment)
@@ -780,11 +827,9 @@ def _reconcile(
     mine = {"bool": {"filter": [from_folder], "must_not": foreign}}
     total = _count(es, index=settings.index_prefix, query=mine, ignore_unavailable=True)
     if total != report.loaded:
-        mismatches.append(f"all indexes: {total} documents from {folder_prefix} instead of {report.loaded}")
+        mismatches.append(f"all indexes: {total} documents from {what} instead of {report.loaded}")
     if mismatches:
-        raise ReconciliationError(
-            f"load {report.load_id} of {folder_prefix} does not reconcile: {'; '.join(mismatches)}"
-        )
+        raise ReconciliationError(f"load {report.load_id} of {what} does not reconcile: {'; '.join(mismatches)}")
 
 
 def _count(es: Elasticsearch, **request: Any) -> int:

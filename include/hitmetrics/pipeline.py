@@ -16,7 +16,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from hitmetrics import aggregate, indexes, load, rollup, staging, visits
+from hitmetrics import aggregate, indexes, load, periods, rollup, staging, visits
 from hitmetrics.config import ConfigError, Settings
 from hitmetrics.ingest import MissingLandingDay, UnreadableLandingEntries
 from hitmetrics.load import LoadReport, TooManyRejects
@@ -65,12 +65,26 @@ def plan_run(
     return RunPlan(landing_day=day.isoformat(), environments=chosen, full_reload=full_reload)
 
 
-def check_landing_day(plan: RunPlan, landing: Any) -> None:
-    """Raise `MissingLandingDay` when the plan's landing folder does not exist (unless it is a full reload), before
-    anything is created for it."""
+def landing_state(settings: Settings, plan: RunPlan, landing: Any) -> str | None:
+    """None when the plan's landing folder is there to load (with `HITS_LANDING_MARKER` in it, when one is set; a
+    full reload needs neither), else why not, in one line."""
+    if plan.full_reload:
+        return None
     folder = landing / plan.landing_day
-    if not plan.full_reload and not folder.is_dir():
-        raise MissingLandingDay(f"landing folder {folder} does not exist for {plan.landing_day}")
+    if not folder.is_dir():
+        return f"landing folder {folder} does not exist for {plan.landing_day}"
+    if settings.landing_marker and not (folder / settings.landing_marker).is_file():
+        return f"landing folder {folder} has no {settings.landing_marker} yet: its shipper has not finished"
+    return None
+
+
+def local_time_after(settings: Settings, day: str, clock: str) -> dt.datetime:
+    """The instant (UTC) of the local time `clock` (HH:MM) on the day after the landing `day` (24:00 to 47:59: on
+    the day after that); a time skipped or repeated by a DST change resolves as zoneinfo does (the offset before
+    the change)."""
+    hour, minute = map(int, clock.split(":"))
+    after = dt.date.fromisoformat(day) + dt.timedelta(days=1 + hour // 24)
+    return dt.datetime.combine(after, dt.time(hour % 24, minute), settings.tz).astimezone(dt.UTC)
 
 
 def prepare_indexes(es: Elasticsearch, settings: Settings, plan: RunPlan) -> list[str]:
@@ -107,6 +121,32 @@ def finish_load(
     plan = load.LoadPlan.of_shards([load.Shard.from_dict(shard) for shard in shards])
     reports = [load.ShardReport.from_dict(report) for report in shard_reports]
     return load.finish_load(es, settings, plan, reports, rejects_root=rejects_root)
+
+
+def intraday_day(settings: Settings, run_after: dt.datetime) -> dt.date:
+    """The landing day an intraday run refreshes: today, on the reporting clock."""
+    return run_after.astimezone(settings.tz).date()
+
+
+def load_changes(
+    es: Elasticsearch, settings: Settings, database_url: str, day: dt.date, landing: Any, rejects_root: Any
+) -> LoadReport | None:
+    """Load the files of the landing `day` that are new or changed since they were loaded (the `hits_manifest`),
+    replacing exactly their documents; None when there are none (or no folder yet). The manifest and `hits_loads`
+    are written when the rollups are published (`publish_rollups`), so a run that stops before loads them again.
+    """
+    engine = rollup.engine_for(database_url)
+    rollup.create_tables(engine)
+    try:
+        plan = load.plan_load(settings, day, landing=landing, shard_mb=None, loaded=rollup.loaded_stamps(engine, day))
+    except MissingLandingDay:
+        log.info("landing folder %s/ does not exist yet: nothing to load", day)
+        return None
+    if not plan.stamps():
+        return None
+    (shard,) = plan.shards
+    written = load.load_shard(es, settings, shard, landing=landing, rejects_root=rejects_root)
+    return load.finish_load(es, settings, plan, [written], rejects_root=rejects_root)
 
 
 def report_dict(report: LoadReport) -> dict[str, Any]:
@@ -197,6 +237,41 @@ def publish_rollups(
     for check in checks:
         log.info("published %s %s: %d hits", check.day, check.environment, check.es_count)
     return [{"day": c.day.isoformat(), "environment": c.environment, "hits": c.es_count} for c in checks]
+
+
+def published_days(published: Sequence[dict[str, Any]], load_report: dict[str, Any]) -> dict[str, Any]:
+    """The extra of the daily rollups' asset events of a run: its load, and per published day (each event's
+    partition key) the environments and hits published (`publish_rollups`' summary)."""
+    days: dict[str, dict[str, Any]] = {}
+    for row in published:
+        if row["environment"] != aggregate.ALL:
+            day = days.setdefault(row["day"], {"environments": [], "hits": 0})
+            day["environments"].append(row["environment"])
+            day["hits"] += row["hits"]
+    return {"load_id": load_report["load_id"], "landing_day": load_report["landing_day"], "days": days}
+
+
+def publish_period(
+    es: Elasticsearch, settings: Settings, database_url: str, kind: periods.Kind, key: str
+) -> dict[str, Any]:
+    """Recompute and replace the week or month that the partition `key` (or a day in it) names, for every configured
+    environment, from the period's daily indexes; returns a summary."""
+    period = periods.parse_period(kind, key)
+    engine = rollup.engine_for(database_url)
+    rollup.create_tables(engine)
+    loaded = rollup.loaded_days(engine, period.start, period.last_day)
+    log.info("%s: %d of %d days loaded", period, len(loaded), len(period.days))
+    rollups = periods.aggregate_periods(
+        es, settings.index_prefix, period, list(settings.environments), settings.timezone, loaded
+    )
+    rollup.replace_period(engine, rollups)
+    log.info("published %s: %d environment rows, %d page rows", period, len(rollups.by_env), len(rollups.by_page))
+    return {
+        "period": period.key, "start": str(period.start), "end": str(period.last_day),
+        "partial": len(loaded) < len(period.days),
+        "environments": {row.environment: {"hits": row.hits, "unique_users": row.unique_users}
+                         for row in rollups.by_env},
+    }  # fmt: skip
 
 
 def create_upcoming_indexes(

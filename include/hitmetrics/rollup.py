@@ -57,6 +57,7 @@ from hitmetrics.aggregate import (
     day_bounds,
     evaluate_partition,
 )
+from hitmetrics.periods import PeriodRollups
 from hitmetrics.visits import DayVisits
 
 INSERT_BATCH = 5000
@@ -218,6 +219,47 @@ hits_entries_exits_daily = Table(
 )
 VISITS_TABLES = {table.name: table for table in (hits_visits_daily, hits_entries_exits_daily)}
 
+
+def _period_tables(kind: str) -> tuple[Table, Table]:
+    """`hits_by_env_<kind>ly` and `hits_by_page_<kind>ly`: an ISO week (Monday to Sunday) or a calendar month."""
+    what = "ISO week (Monday to Sunday)" if kind == "week" else "calendar month"
+
+    def start() -> Column:
+        return Column("period_start", Date, nullable=False, comment=f"First local day of the {what} (HITS_TIMEZONE).")
+
+    def partial() -> Column:
+        return Column("partial", Boolean, nullable=False,
+                      comment=f"True until every day of the {what} has had its landing folder loaded.")  # fmt: skip
+
+    def measures() -> list[Column]:
+        return [
+            Column("hits", BigInteger, nullable=False, comment=f"Number of hits in the {what}."),
+            Column("unique_users", BigInteger, nullable=False,
+                   comment=f"Distinct user_id values of the whole {what}, exact (never a sum of days)."),
+        ]  # fmt: skip
+
+    by_env = Table(
+        f"hits_by_env_{kind}ly", metadata, _environment(), start(),
+        Column("period_end", Date, nullable=False, comment=f"Last local day of the {what}."),
+        *measures(),
+        Column("days_loaded", BigInteger, nullable=False,
+               comment=f"Days of the {what} whose landing folder has been loaded (hits_loads)."),
+        partial(),
+        PrimaryKeyConstraint("environment", "period_start"),
+        comment=f"Hits and exact unique users per environment and {what}; recomputed whenever one of its days is "
+        "published again.",
+    )  # fmt: skip
+    by_page = Table(
+        f"hits_by_page_{kind}ly", metadata, _environment(), _page(), start(), *measures(),
+        partial(), PrimaryKeyConstraint("environment", "period_start", "page"),
+        comment=f"Hits and exact unique users per page and {what}.",
+    )  # fmt: skip
+    return by_env, by_page
+
+
+PERIOD_TABLES: dict[str, tuple[Table, Table]] = {kind: _period_tables(kind) for kind in ("week", "month")}
+
+
 hits_calendar_30m = Table(
     "hits_calendar_30m",
     metadata,
@@ -247,10 +289,22 @@ hits_loads = Table(
         String(16),
         nullable=False,
         server_default="succeeded",
-        comment="succeeded, or failed: the run stopped after this load (too many rejects); see error.",
+        comment="succeeded; partial: an intraday load of the folder's new and changed files; or failed: the run "
+        "stopped after this load (too many rejects), see error.",
     ),
     Column("error", Text, comment="Why the run failed after the load; NULL when it succeeded."),
     comment="One row per load run of a landing day.",
+)
+
+hits_manifest = Table(
+    "hits_manifest",
+    metadata,
+    Column("landing_day", Date, nullable=False, comment="The landing folder (day) of the file."),
+    Column("source_file", Text, nullable=False, comment="The file, relative to the landing root (as on each hit)."),
+    Column("stamp", String(64), nullable=False, comment="Its size and modification time when it was loaded."),
+    Column("load_id", String(64), nullable=False, comment="The load that loaded it (hits_loads)."),
+    PrimaryKeyConstraint("landing_day", "source_file"),
+    comment="Every landing file loaded, as it was then: an intraday load loads only files that are new or changed.",
 )
 
 hits_checks = Table(
@@ -293,7 +347,7 @@ def engine_for(url: str) -> Engine:
 
 def create_tables(engine: Engine) -> None:
     """Create the rollup tables that do not exist yet (with their comments on PostgreSQL), the staging ones too."""
-    from hitmetrics import staging  # noqa: F401 - its tables join `metadata` on import (it imports this module)
+    from hitmetrics import locks, staging  # noqa: F401 - their tables join `metadata` on import (they import this)
 
     metadata.create_all(engine)
     _add_missing_columns(engine, hits_loads)
@@ -475,9 +529,51 @@ def _write_load(conn: Connection, report: Mapping[str, Any]) -> None:
         row["files"] = len(row["files"])
     if row["rejects_file"] is not None:
         row["rejects_file"] = str(row["rejects_file"])
-    row["status"] = row["status"] or "succeeded"
+    row["status"] = row["status"] or ("partial" if report.get("incremental") else "succeeded")
     conn.execute(delete(hits_loads).where(hits_loads.c.load_id == row["load_id"]))
     conn.execute(insert(hits_loads), row)
+    if "stamps" in report:
+        _write_manifest(conn, row["landing_day"], row["load_id"], report["stamps"], bool(report.get("incremental")))
+
+
+def _write_manifest(conn: Connection, day: dt.date, load_id: str, stamps: Mapping[str, str], incremental: bool) -> None:
+    """The files a load loaded, as they were planned: all of the folder's (the rest are gone), or some of them."""
+    in_day = hits_manifest.c.landing_day == day
+    conn.execute(
+        delete(hits_manifest).where(
+            and_(in_day, hits_manifest.c.source_file.in_(list(stamps))) if incremental else in_day
+        )
+    )
+    rows = [
+        {"landing_day": day, "source_file": name, "stamp": stamp, "load_id": load_id} for name, stamp in stamps.items()
+    ]
+    for batch in _batches(rows):
+        conn.execute(insert(hits_manifest), batch)
+
+
+def loaded_stamps(engine: Engine, day: dt.date) -> dict[str, str]:
+    """The manifest of a landing day: each file loaded, with its stamp then (`load.file_stamp`)."""
+    query = select(hits_manifest.c.source_file, hits_manifest.c.stamp).where(hits_manifest.c.landing_day == day)
+    with engine.connect() as conn:
+        return {name: stamp for name, stamp in conn.execute(query)}
+
+
+def loaded_days(engine: Engine, first: dt.date, last: dt.date) -> set[dt.date]:
+    """The landing days from `first` to `last` with a successful load recorded in `hits_loads`."""
+    query = select(hits_loads.c.landing_day).where(
+        hits_loads.c.landing_day.between(first, last), hits_loads.c.status == "succeeded"
+    )
+    with engine.connect() as conn:
+        return set(conn.execute(query).scalars())
+
+
+def replace_period(engine: Engine, rollups: PeriodRollups) -> None:
+    """Replace the rows of a period of some environments in its two tables, in one transaction."""
+    by_env, by_page = PERIOD_TABLES[rollups.period.kind]
+    with engine.begin() as conn:
+        for table, rows in ((by_env, rollups.by_env), (by_page, rollups.by_page)):
+            where = and_(table.c.period_start == rollups.period.start, table.c.environment.in_(rollups.environments))
+            _replace(conn, table, where, rows)
 
 
 def read_partition(engine: Engine, environment: str, day: dt.date, tz: str) -> dict[str, list[Any]]:

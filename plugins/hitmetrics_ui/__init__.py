@@ -120,7 +120,8 @@ def create_app() -> "FastAPI":
         chosen = chosen_day(engine, day)
         report = dashboard.day_status(engine, chosen, environment)
         visits = dashboard.day_visits(engine, chosen, environment)
-        return {**asdict(report), "checks_passed": report.checks_passed, "visits": visits and asdict(visits)}
+        return {**asdict(report), "checks_passed": report.checks_passed, "partial": report.partial,
+                "visits": visits and asdict(visits)}  # fmt: skip
 
     return app
 

@@ -14,16 +14,17 @@ TASK_ID = r"^[a-z]+(_[a-z0-9]+)+$"  # verb_noun
 
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert {"hits_nightly", "hits_indexes"} <= set(dagbag.dag_ids)
+    assert {"hits_nightly", "hits_indexes", "hits_weekly", "hits_monthly", "hits_intraday"} <= set(dagbag.dag_ids)
 
 
-@pytest.mark.parametrize("dag_id", ["hits_nightly", "hits_indexes"])
+@pytest.mark.parametrize("dag_id", ["hits_nightly", "hits_indexes", "hits_weekly", "hits_monthly", "hits_intraday"])
 def test_policy(dagbag, dag_id: str) -> None:
     import re
 
     dag = dagbag.get_dag(dag_id)
     assert dag.tags and "hitmetrics" in dag.tags
-    assert dag.max_active_runs == 1
+    # The nightly's runs wait for their days side by side and write one at a time (its lock_writes task).
+    assert dag.max_active_runs == (4 if dag_id == "hits_nightly" else 1)
     assert dag.doc_md and len(dag.doc_md) > 200
     for task in dag.tasks:
         assert task.owner == "hitmetrics", task.task_id
@@ -34,7 +35,9 @@ def test_policy(dagbag, dag_id: str) -> None:
 def test_nightly_stages_are_separate_tasks(dagbag) -> None:
     dag = dagbag.get_dag("hits_nightly")
     assert [t.task_id for t in dag.topological_sort()] == [
+        "wait_for_landing",
         "create_indexes",
+        "lock_writes",
         "plan_load",
         "load_shard",
         "finish_load",

@@ -149,7 +149,7 @@ def test_too_many_rejects_fail_the_run_once_and_are_recorded(dagbag, pipeline_en
 def test_a_manual_run_for_a_missing_folder_fails_at_once_and_creates_nothing(dagbag, pipeline_env: Path, es) -> None:
     run = dagbag.get_dag("hits_nightly").test(run_conf={"day": "2026-11-24"})
     states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
-    assert run.state == "failed" and states["create_indexes"] == ("failed", 1)  # no retries
+    assert run.state == "failed" and states["wait_for_landing"] == ("failed", 1)  # no retries, no wait
     prefix = os.environ["HITS_INDEX_PREFIX"]
     assert not es.indices.get(index=f"{prefix}-2026.11.24-*,{prefix}-2026.11.25-*", allow_no_indices=True)
 
@@ -157,7 +157,7 @@ def test_a_manual_run_for_a_missing_folder_fails_at_once_and_creates_nothing(dag
 def test_a_manual_run_without_a_day_is_refused(dagbag, pipeline_env: Path) -> None:
     run = dagbag.get_dag("hits_nightly").test(run_conf={"day": None})
     states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
-    assert run.state == "failed" and states["create_indexes"] == ("failed", 1)
+    assert run.state == "failed" and states["wait_for_landing"] == ("failed", 1)
 
 
 def test_an_unknown_environment_fails_before_anything_is_loaded(dagbag, pipeline_env: Path) -> None:
@@ -165,8 +165,8 @@ def test_an_unknown_environment_fails_before_anything_is_loaded(dagbag, pipeline
     run = dagbag.get_dag("hits_nightly").test(run_conf={"day": DAY.isoformat(), "environments": ["prod"]})
     states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
     assert run.state == "failed"
-    assert states["create_indexes"] == ("failed", 1)
-    assert states["plan_load"][0] == "upstream_failed"
+    assert states["wait_for_landing"] == ("failed", 1)
+    assert states["create_indexes"][0] == "upstream_failed"
 
 
 def test_each_scheduled_run_is_the_partition_of_the_local_day_before(monkeypatch) -> None:
@@ -188,3 +188,21 @@ def test_each_scheduled_run_is_the_partition_of_the_local_day_before(monkeypatch
                                        key_format=schedule.key_format)  # fmt: skip
     night = pendulum.datetime(2026, 3, 30, 1, 30, tz="Europe/Berlin")  # the night after the clocks went forward
     assert scheduled._get_partition_info(run_date=night)[1] == "2026-03-29"
+
+
+@pytest.mark.parametrize(("clock", "after_queued"), [("06:00", dt.timedelta(hours=4, minutes=30)),
+                                                     ("01:00", dt.timedelta(hours=23, minutes=30))])  # fmt: skip
+def test_the_deadline_alert_fires_at_the_local_time_set(clock: str, after_queued: dt.timedelta) -> None:
+    import sys
+
+    from airflow.sdk import AsyncCallback, DeadlineReference
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
+    try:
+        import hits_nightly
+    finally:
+        sys.path.pop(0)
+    alert = hits_nightly.rollups_deadline(clock)
+    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT and alert.interval == after_queued
+    assert alert.callback == AsyncCallback("hitmetrics_waits.rollups_late")
+    assert hits_nightly.rollups_deadline("off") is None

@@ -63,3 +63,69 @@ def test_each_task_may_run_on_another_worker_with_a_data_folder_of_its_own(es, t
     expected = Counter((h["environment"], h["page"]) for h in hits)
     assert {(r.environment, r.page): r.hits for r in rows} == expected
     assert not any(Path(tmp_path / f"worker-{task}").exists() for task in range(7))  # no task wrote to its disk
+
+
+def write_hits(path: Path, hits: list[dict]) -> None:
+    path.write_bytes(b"".join(orjson.dumps(h) + b"\n" for h in hits))
+
+
+def test_an_intraday_load_loads_only_new_and_changed_files_then_the_nightly_finishes_the_day(
+    es, tmp_path, index_prefix
+):
+    settings = Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix=index_prefix,
+                        environments=("production",))  # fmt: skip
+    url, landing, rejects = (
+        settings.rollups_database_url,
+        landing_root(settings.landing),
+        landing_root(settings.rejects),
+    )
+    folder = tmp_path / "landing" / DAY.isoformat()
+
+    def hit(n: int, page: str = "/") -> dict:
+        return {"page": page, "datetime": f"2026-11-25T10:{n % 60:02}:00Z", "user_id": n, "environment": "production"}
+
+    def refresh() -> dict | None:
+        report = pipeline.load_changes(es, settings, url, DAY, landing, rejects)
+        if report is None:
+            return None
+        values = pipeline.report_dict(report)
+        plan = pipeline.RunPlan(DAY.isoformat(), ["production"], full_reload=False)
+        staged = pipeline.aggregate_partitions(es, settings, plan, values, url)
+        pipeline.publish_rollups(es, settings, url, staged, values)
+        return values
+
+    def daily_hits() -> int:
+        with rollup.engine_for(url).connect() as conn:
+            return conn.execute(select(rollup.hits_by_env_daily.c.hits)).scalar_one()
+
+    assert refresh() is None  # no folder yet today
+    folder.mkdir(parents=True)
+    write_hits(folder / "a.jsonl", [hit(n) for n in range(10)])
+    first = refresh()
+    assert (first["files"], first["loaded"]) == (1, 10) and daily_hits() == 10
+    assert refresh() is None  # nothing new: nothing loaded again
+
+    write_hits(folder / "b.jsonl", [hit(n, "/b") for n in range(5)])  # a file landed after the first run
+    second = refresh()
+    assert (second["files"], second["loaded"], second["incremental"]) == (1, 5, True) and daily_hits() == 15
+    write_hits(folder / "a.jsonl", [hit(n) for n in range(4)])  # rewritten shorter: its old lines must go
+    third = refresh()
+    assert (third["files"], third["loaded"], third["deleted"]) == (1, 4, 6) and daily_hits() == 9
+
+    # The nightly run loads the day whole; a file removed meanwhile loses its hits then.
+    (folder / "b.jsonl").unlink()
+    plan = pipeline.plan_run(settings, requested_day=DAY.isoformat(), run_after=dt.datetime.now(dt.UTC))
+    shards = pipeline.plan_load(settings, plan, landing)
+    written = [pipeline.load_shard(es, settings, shards[0], landing, rejects)]
+    report = pipeline.finish_load(es, settings, shards, written, rejects)
+    values = pipeline.report_dict(report)
+    pipeline.publish_rollups(es, settings, url, pipeline.aggregate_partitions(es, settings, plan, values, url), values)
+    assert daily_hits() == 4
+    engine = rollup.engine_for(url)
+    with engine.connect() as conn:
+        statuses = [
+            row.status for row in conn.execute(select(rollup.hits_loads).order_by(rollup.hits_loads.c.loaded_at))
+        ]
+    assert statuses == ["partial", "partial", "partial", "succeeded"]
+    assert set(rollup.loaded_stamps(engine, DAY)) == {f"{DAY}/a.jsonl"}  # the manifest is the folder's again
+    assert refresh() is None

@@ -15,6 +15,11 @@ from hitmetrics.config import ConfigError, Settings, load_settings
         ({"HITS_TIMEZONE": "UTC\n"}, "HITS_TIMEZONE: 'UTC\\n' is not an IANA time zone name"),
         ({"HITS_RETENTION_DAYS": "0"}, "HITS_RETENTION_DAYS: must be a whole number of days, at least 1"),
         ({"HITS_MAX_REJECT_RATIO": "2"}, "HITS_MAX_REJECT_RATIO: must be between 0 and 1"),
+        ({"HITS_LANDING_WAIT_UNTIL": "5:00"}, "HITS_LANDING_WAIT_UNTIL: '5:00' is not a local time"),
+        ({"HITS_LANDING_WAIT_UNTIL": "48:00"}, "HITS_LANDING_WAIT_UNTIL: '48:00' is not a local time"),
+        ({"HITS_ROLLUPS_DEADLINE": "24:00"}, "HITS_ROLLUPS_DEADLINE: '24:00' is not a local time of day"),
+        ({"HITS_LANDING_MARKER": "../_SUCCESS"}, "HITS_LANDING_MARKER: '../_SUCCESS' is not a file name"),
+        ({"HITS_LANDING_POLL_SECONDS": "0"}, "HITS_LANDING_POLL_SECONDS: must be a number of seconds above 0"),
     ],
 )
 def test_a_setting_that_slips_is_refused_naming_the_variable(environ, message):

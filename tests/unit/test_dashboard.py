@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from hitmetrics.dashboard import Check, DayStatus, align_to_day, day_bucket_starts, wall_clock_keys
+from hitmetrics.dashboard import Check, DayStatus, LoadRun, align_to_day, day_bucket_starts, wall_clock_keys
 
 PARIS = ZoneInfo("Europe/Paris")
 SPRING_FORWARD = dt.date(2026, 3, 29)  # 02:00 CET -> 03:00 CEST
@@ -78,3 +78,12 @@ def test_checks_pass_only_when_every_partition_passed():
     assert DayStatus(day, [], []).checks_passed is None
     assert DayStatus(day, [], [_check("production", True), _check("staging", True)]).checks_passed is True
     assert DayStatus(day, [], [_check("production", True), _check("staging", False)]).checks_passed is False
+
+
+def test_a_day_loaded_only_by_intraday_runs_is_partial():
+    def run(status: str) -> LoadRun:
+        return LoadRun("l", dt.datetime(2026, 10, 26, tzinfo=dt.UTC), 1, 1, 1, 0, None, status, None)
+
+    assert not DayStatus(FALL_BACK, [], []).partial
+    assert DayStatus(FALL_BACK, [run("partial"), run("partial")], []).partial
+    assert not DayStatus(FALL_BACK, [run("succeeded"), run("partial")], []).partial  # the nightly loaded it whole

@@ -27,11 +27,22 @@ def test_a_scheduled_run_loads_the_day_before_and_a_manual_one_must_name_its_day
         pipeline.plan_run(settings, requested_day="2026-02-30", run_after=NIGHT, manual=True)
 
 
-def test_a_missing_landing_folder_is_found_before_anything_is_created(tmp_path: Path) -> None:
-    plan = pipeline.plan_run(Settings(), requested_day="2026-11-20", run_after=NIGHT)
-    with pytest.raises(pipeline.MissingLandingDay, match="2026-11-20 does not exist"):
-        pipeline.check_landing_day(plan, tmp_path)
+def test_a_landing_folder_is_there_once_it_and_its_marker_exist(tmp_path: Path) -> None:
+    settings = Settings(landing_marker="_SUCCESS")
+    plan = pipeline.plan_run(settings, requested_day="2026-11-20", run_after=NIGHT)
+    assert "2026-11-20 does not exist" in pipeline.landing_state(settings, plan, tmp_path)
     (tmp_path / "2026-11-20").mkdir()
-    pipeline.check_landing_day(plan, tmp_path)
-    gone = pipeline.plan_run(Settings(), requested_day="2026-11-19", run_after=NIGHT, full_reload=True)
-    pipeline.check_landing_day(gone, tmp_path)  # a full reload of a removed folder is allowed
+    assert "has no _SUCCESS yet" in pipeline.landing_state(settings, plan, tmp_path)
+    (tmp_path / "2026-11-20" / "_SUCCESS").touch()
+    assert pipeline.landing_state(settings, plan, tmp_path) is None
+    assert pipeline.landing_state(Settings(), plan, tmp_path) is None  # no marker configured: the folder is enough
+    gone = pipeline.plan_run(settings, requested_day="2026-11-19", run_after=NIGHT, full_reload=True)
+    assert pipeline.landing_state(settings, gone, tmp_path) is None  # a full reload of a removed folder is allowed
+
+
+def test_the_wait_ends_at_a_local_time_on_the_day_after() -> None:
+    berlin = Settings(timezone="Europe/Berlin")
+    # The night the clocks go back: 05:00 is +01:00 again.
+    assert pipeline.local_time_after(berlin, "2026-10-24", "05:00") == dt.datetime(2026, 10, 25, 4, tzinfo=dt.UTC)
+    assert pipeline.local_time_after(berlin, "2026-07-01", "05:00") == dt.datetime(2026, 7, 2, 3, tzinfo=dt.UTC)
+    assert pipeline.local_time_after(berlin, "2026-07-01", "29:30") == dt.datetime(2026, 7, 3, 3, 30, tzinfo=dt.UTC)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hitmetrics import staging  # noqa: F401 - its tables join the metadata
+from hitmetrics import locks, staging  # noqa: F401 - their tables join the metadata
 from hitmetrics.aggregate import EnvBucket, PartitionAggregates
 from hitmetrics.rollup import UtcDateTime, engine_for, metadata, record_load, replace_partition
 
@@ -52,6 +52,12 @@ def test_natural_primary_keys() -> None:
         "hits_staging_all_30m": {"run_key", "partition_day", "bucket_start"},
         "hits_staging_all_daily": {"run_key", "partition_day", "day"},
         "hits_staging_partitions": {"run_key", "environment", "partition_day"},
+        "hits_by_env_weekly": {"environment", "period_start"},
+        "hits_by_page_weekly": {"environment", "period_start", "page"},
+        "hits_by_env_monthly": {"environment", "period_start"},
+        "hits_by_page_monthly": {"environment", "period_start", "page"},
+        "hits_manifest": {"landing_day", "source_file"},
+        "hits_locks": {"name"},
     }
 
 
@@ -95,3 +101,18 @@ def test_incomplete_load_report_is_refused(tmp_path: Path) -> None:
     engine = engine_for(f"sqlite:///{tmp_path}/r.sqlite")
     with pytest.raises(ValueError, match="load report lacks read, rejected"):
         record_load(engine, {"load_id": "x", "landing_day": "2026-03-29", "files": 1, "loaded": 1})
+
+
+def test_one_writer_at_a_time_and_a_dead_holder_loses_the_lock(tmp_path) -> None:
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'locks.sqlite'}")
+    running = {"hits_nightly/a", "hits_intraday/b"}
+    assert locks.acquire(engine, "hits_nightly/a", running.__contains__) is None
+    assert locks.acquire(engine, "hits_nightly/a", running.__contains__) is None  # a retry of the holder
+    assert locks.acquire(engine, "hits_intraday/b", running.__contains__) == "hits_nightly/a"
+    running.discard("hits_nightly/a")  # failed, or killed: its lock is taken over
+    assert locks.acquire(engine, "hits_intraday/b", running.__contains__) is None
+    locks.release(engine, "hits_nightly/a")  # no longer its lock: left alone
+    assert locks.acquire(engine, "hits_nightly/c", lambda holder: True) == "hits_intraday/b"
+    locks.release(engine, "hits_intraday/b")
+    assert locks.acquire(engine, "hits_nightly/c", lambda holder: True) is None
