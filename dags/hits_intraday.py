@@ -20,9 +20,10 @@ import datetime as dt
 import os
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
 
 from hitmetrics_airflow import DAG_POLICY
+from hitmetrics_waits import WritesLockSensor
 
 SCHEDULE = CronTriggerTimetable("*/30 * * * *", timezone=os.environ.get("HITS_TIMEZONE") or "UTC")
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -40,14 +41,7 @@ TAGS = ["hitmetrics", "elasticsearch", "rollups", "intraday"]
 )
 def hits_intraday():
     # Gives up (skipped) after 25 minutes: the next run is due by then.
-    @task.sensor(poke_interval=30, timeout=25 * 60, mode="reschedule", soft_fail=True)
-    def lock_writes() -> PokeReturnValue:
-        """Wait (holding no worker slot) until no other run is loading or publishing, and take the writers' lock."""
-        from hitmetrics.config import load_settings
-        from hitmetrics_airflow import rollups_url
-        from hitmetrics_waits import take_writes_lock
-
-        return PokeReturnValue(is_done=take_writes_lock(get_current_context(), rollups_url(load_settings())))
+    lock_writes = WritesLockSensor(task_id="lock_writes", timeout=25 * 60, soft_fail=True)
 
     @task(multiple_outputs=False)
     def load_changes() -> dict:
@@ -101,7 +95,7 @@ def hits_intraday():
         return published
 
     report = load_changes()
-    lock_writes() >> report
+    lock_writes >> report
     write_rollups(aggregate_30m(report), report)
 
 

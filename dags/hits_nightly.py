@@ -4,14 +4,19 @@
 Loads one landing day of page-hit logs into the daily environment indexes, aggregates every touched
 (day, environment) in 30-minute buckets in Elasticsearch, and publishes the rollup tables that BI reads.
 
-**Stages**: `create_indexes` → `plan_load` → `load_shard` (one mapped task per shard of the landing folder, about
-`HITS_SHARD_MB` of files each; a shard retries alone) → `finish_load` → `aggregate_30m` (30-minute and daily rows
-with exact unique users, per environment and across them) → `write_rollups` (with the days' visits).
+**Stages**: `wait_for_landing` (the run's day: its partition key, or a manual run's `day`; a scheduled run waits for
+the day's folder and `HITS_LANDING_MARKER` in the triggerer until `HITS_LANDING_WAIT_UNTIL`) → `create_indexes` →
+`lock_writes` (one run at a time loads and publishes) → `plan_load` → `load_shard` (one mapped task per shard of the
+landing folder, about `HITS_SHARD_MB` of files each; a shard retries alone) → `finish_load` → `aggregate_30m`
+(30-minute and daily rows with exact unique users, per environment and across them) → `write_rollups` (with the
+days' visits; an event of the `hits_daily_rollups` asset per published day, which starts `hits_weekly` and
+`hits_monthly`). A run not published by `HITS_ROLLUPS_DEADLINE` (06:00 local) fires a deadline alert (the
+`hits_alerts` connection's webhook).
 
 **Trigger with parameters** (Trigger DAG → advanced):
 - `day`: the landing folder `<HITS_LANDING>/<day>/` to load. A manual run must name it: without a valid date it
-  fails at once with one line, and so does a day whose folder does not exist (nothing is created). A scheduled
-  run loads the local day before the run, and retries while its folder has not landed.
+  fails at once with one line, and so does a day whose folder (or marker) is not there: a manual run never waits,
+  and nothing is created. A scheduled run loads the local day before the run, waiting for it if it is late.
 - `environments`: whose rollups to recompute; empty means all of `HITS_ENVIRONMENTS`. The load always covers the
   whole folder, so re-runs stay exact.
 - `full_reload`: also when the day's folder is gone: remove everything it contributed. Without it a missing
@@ -35,14 +40,13 @@ from airflow.sdk import (
     DeadlineAlert,
     DeadlineReference,
     Param,
-    PokeReturnValue,
     dag,
     get_current_context,
     task,
 )
 
 from hitmetrics_airflow import DAG_POLICY, rollups_asset
-from hitmetrics_waits import LandingDaySensor
+from hitmetrics_waits import LandingDaySensor, WritesLockSensor
 
 DAG_ID = "hits_nightly"
 # After the day's last log files have landed, in the reporting time zone; each run is the partition of the local
@@ -113,15 +117,8 @@ def hits_nightly():
         pipeline.prepare_indexes(elasticsearch_client(settings), settings, pipeline.RunPlan(**plan))
         return plan
 
-    @task.sensor(poke_interval=30, timeout=6 * 3600, mode="reschedule")
-    def lock_writes(plan: dict) -> PokeReturnValue:
-        """Wait (holding no worker slot) until no other run is loading or publishing, and take the writers' lock."""
-        from hitmetrics.config import load_settings
-        from hitmetrics_airflow import rollups_url
-        from hitmetrics_waits import take_writes_lock
-
-        taken = take_writes_lock(get_current_context(), rollups_url(load_settings()))
-        return PokeReturnValue(is_done=taken, xcom_value=plan)
+    # Waits, holding no worker slot, while another run loads or publishes.
+    lock_writes = WritesLockSensor(task_id="lock_writes", timeout=6 * 3600)
 
     @task
     def plan_load(plan: dict) -> list[dict]:
@@ -204,8 +201,9 @@ def hits_nightly():
         release_writes_lock(get_current_context(), rollups_url(settings))
         return published
 
-    plan = lock_writes(create_indexes(wait_for_landing.output))
+    plan = create_indexes(wait_for_landing.output)
     shards = plan_load(plan)
+    plan >> lock_writes >> shards
     report = finish_load(shards, load_shard.expand(shard=shards))
     write_rollups(aggregate_30m(plan, report), report)
 

@@ -3,7 +3,7 @@
 - `LandingDaySensor` waits for a run's landing folder (and `HITS_LANDING_MARKER`) in the triggerer
   (`LandingDayTrigger`): no worker slot is held while a shipper is late. It gives up at `HITS_LANDING_WAIT_UNTIL`
   with one line. A manual run does not wait: its day's folder is there or the run fails at once.
-- `writes_lock_holder` / `take_writes_lock` / `release_writes_lock` keep one writer at a time (`hitmetrics.locks`).
+- `WritesLockSensor` and `release_writes_lock` keep one writer at a time (`hitmetrics.locks`).
 - `rollups_late` is the `DeadlineAlert` callback: an error in the triggerer's log and, when the `hits_alerts`
   connection exists, a JSON post to its URL.
 """
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,20 @@ class LandingDaySensor(BaseOperator):
 
 def _local(settings: Any, instant: dt.datetime) -> str:
     return f"{instant.astimezone(settings.tz):%Y-%m-%d %H:%M} {settings.timezone}"
+
+
+class WritesLockSensor(BaseSensorOperator):
+    """Wait until no other run is loading or publishing, and take the writers' lock (`take_writes_lock`); in
+    reschedule mode by default, so no worker slot is held between looks."""
+
+    def __init__(self, *, mode: str = "reschedule", poke_interval: float = 30, **kwargs: Any) -> None:
+        super().__init__(mode=mode, poke_interval=poke_interval, **kwargs)
+
+    def poke(self, context: Any) -> bool:
+        from hitmetrics.config import load_settings
+        from hitmetrics_airflow import rollups_url
+
+        return take_writes_lock(context, rollups_url(load_settings()))
 
 
 def writes_lock_holder(context: Any) -> str:

@@ -82,14 +82,16 @@ class Settings:
             raise ConfigError("HITS_SHARD_MB: must be a number of MiB above 0, e.g. 512 or 0.5")
         if not 0 < self.visit_gap_minutes <= 24 * 60:
             raise ConfigError("HITS_VISIT_GAP_MINUTES: must be a number of minutes above 0, at most a day (1440)")
-
-        for name, value in (("HITS_LANDING_WAIT_UNTIL", self.landing_wait_until),
-                            ("HITS_ROLLUPS_DEADLINE", self.rollups_deadline)):  # fmt: skip
-            if not CLOCK_TIME.fullmatch(value) and not (name == "HITS_ROLLUPS_DEADLINE" and value == "off"):
-                raise ConfigError(
-                    f"{name}: {value!r} is not a local time of day (HH:MM, 00:00 to 23:59)"
-                    + (" or off" if name == "HITS_ROLLUPS_DEADLINE" else "")
-                )
+        if not LATER_CLOCK_TIME.fullmatch(self.landing_wait_until):
+            raise ConfigError(
+                f"HITS_LANDING_WAIT_UNTIL: {self.landing_wait_until!r} is not a local time (HH:MM, "
+                "00:00 to 23:59 on the day after the landing day, 24:00 to 47:59 on the day after that)"
+            )
+        if not CLOCK_TIME.fullmatch(self.rollups_deadline) and self.rollups_deadline != "off":
+            raise ConfigError(
+                f"HITS_ROLLUPS_DEADLINE: {self.rollups_deadline!r} is not a local time of day (HH:MM, "
+                "00:00 to 23:59) or off"
+            )
         if not 0 < self.landing_poll_seconds <= 3600:
             raise ConfigError("HITS_LANDING_POLL_SECONDS: must be a number of seconds above 0, at most 3600")
         if self.landing_marker and (not MARKER.fullmatch(self.landing_marker) or set(self.landing_marker) == {"."}):

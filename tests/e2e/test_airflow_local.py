@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import signal
 import socket
@@ -62,9 +63,9 @@ def test_trigger_from_the_ui(local_airflow, browser_page, artifacts: Path, es) -
     local_airflow.wait_for_run(run_id)
 
     page.goto(f"{url}/dags/{NIGHTLY}/runs/{run_id}")
-    # The run's badge and one per task: create_indexes, plan_load, load_shard (one shard), finish_load,
-    # aggregate_30m, write_rollups.
-    expect(page.get_by_text("Success", exact=True)).to_have_count(7, timeout=90_000)
+    # The run's badge and one per task: wait_for_landing, create_indexes, lock_writes, plan_load, load_shard (one
+    # shard), finish_load, aggregate_30m, write_rollups.
+    expect(page.get_by_text("Success", exact=True)).to_have_count(9, timeout=90_000)
     page.screenshot(path=artifacts / "finished-run.png", full_page=True)
     assert_rollups_match_elasticsearch(local_airflow, es, "staging")
 
@@ -106,6 +107,7 @@ def test_a_backfill_loads_the_days_it_names(local_airflow) -> None:
     landing = local_airflow.data_dir / "landing"
     for back in (6, 5, 4, 3):
         generate_day(landing, today - dt.timedelta(days=back), hits=800, pages=30, users=100)
+        (landing / str(today - dt.timedelta(days=back)) / "_SUCCESS").touch()
     # The partitions of the 01:30 ticks from --from-date up to --to-date's midnight: back 5 and back 4.
     days = [today - dt.timedelta(days=back) for back in (5, 4)]
     local_airflow.api("PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
@@ -130,6 +132,138 @@ def test_a_backfill_loads_the_days_it_names(local_airflow) -> None:
     assert {str(day) for day in days} <= {str(day)[:10] for day in loaded}
     for day in days:
         assert local_airflow.env_daily_rows(str(day)), f"no rollups for {day}"
+
+
+def test_a_late_scheduled_day_waits_in_the_triggerer_and_holds_up_no_other_run(local_airflow, es) -> None:
+    """Unpausing the nightly (the UI does it on trigger) starts the latest day's scheduled run. Its folder has not
+    landed: it defers to the triggerer, holding no worker slot and no other run (the manual runs above finished
+    meanwhile), misses its deadline (the alert posts to the webhook), and loads once the shipper's _SUCCESS lands."""
+    from hitmetrics.sample import generate_day
+
+    local_airflow.api("PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
+    run = wait_for(lambda: next(iter(local_airflow.runs(NIGHTLY, run_type="scheduled")), None), "a scheduled run")
+    day, run_id = run["partition_key"], run["dag_run_id"]
+    wait_for(lambda: local_airflow.task_state(NIGHTLY, run_id, "wait_for_landing") == "deferred", "the deferral")
+    manual = [r for r in local_airflow.runs(NIGHTLY, run_type="manual") if r["state"] == "success"]
+    assert manual, "no manual run finished while the scheduled one waited"
+
+    sample = generate_day(local_airflow.data_dir / "landing", dt.date.fromisoformat(day), hits=500, pages=20, users=50)
+    time.sleep(8)  # the trigger looks every 3 s: the folder alone is not enough
+    assert local_airflow.task_state(NIGHTLY, run_id, "wait_for_landing") == "deferred"
+    (local_airflow.data_dir / "landing" / day / "_SUCCESS").touch()
+    local_airflow.wait_for_run(run_id)
+    assert local_airflow.loaded(day) == [sample.good]  # its one load, of every good record
+    assert local_airflow.env_daily_rows(day)
+
+    alert = wait_for(lambda: next((a for a in local_airflow.webhook.received if a["dag_run_id"] == run_id), None),
+                     "the deadline alert's post")  # fmt: skip
+    assert alert["event"] == "rollups_late" and alert["partition_key"] == day
+
+
+def test_publishing_a_day_runs_its_week_and_month_and_a_late_file_runs_them_again(local_airflow, es) -> None:
+    """The nightly's asset events start hits_weekly / hits_monthly for the day's week and month; a late file for the
+    day republishes the day, then its week and its month, whose unique users then equal Elasticsearch's exact
+    distinct count (a terms aggregation) over the period, the late file's new users included."""
+    import sqlalchemy as sa
+
+    from hitmetrics import rollup
+
+    day = dt.date.fromisoformat(local_airflow.sample_day)
+    week = day - dt.timedelta(days=day.weekday())
+    keys = {"hits_weekly": f"{week} (W{week.isocalendar().week:02d})", "hits_monthly": day.strftime("%Y-%m")}
+    engine = rollup.engine_for(f"sqlite:///{local_airflow.data_dir / 'rollups.sqlite'}")
+
+    def periods_published(after: dict[str, int]) -> dict[str, int]:
+        """Wait for a successful run of each period DAG for the day's period beyond the `after` first ones."""
+        counts = {}
+        for dag_id, key in keys.items():
+            runs = wait_for(lambda dag_id=dag_id, key=key: [
+                r for r in local_airflow.runs(dag_id) if r["partition_key"] == key][after.get(dag_id, 0):] or None,
+                f"a {dag_id} run for {key}")  # fmt: skip
+            for run in runs:
+                local_airflow.wait_for_run(run["dag_run_id"], dag_id=dag_id)
+            counts[dag_id] = after.get(dag_id, 0) + len(runs)
+        return counts
+
+    def check_against_elasticsearch() -> None:
+        for dag_id, start, days in (("hits_weekly", week, 7), ("hits_monthly", day.replace(day=1), 30)):
+            table = rollup.PERIOD_TABLES["week" if dag_id == "hits_weekly" else "month"][0]
+            with engine.connect() as db:
+                rows = {r.environment: r for r in db.execute(sa.select(table).where(table.c.period_start == start))}
+            for environment in ("production", "staging"):
+                names = ",".join(f"{local_airflow.index_prefix}-{start + dt.timedelta(days=n):%Y.%m.%d}-{environment}"
+                                 for n in range(days))  # fmt: skip
+                found = es.search(index=names, ignore_unavailable=True, size=0, track_total_hits=True,
+                                  aggs={"ids": {"terms": {"field": "user_id", "size": 65_000}}})  # fmt: skip
+                users = len(found["aggregations"]["ids"]["buckets"])
+                assert (rows[environment].hits, rows[environment].unique_users) == (
+                    found["hits"]["total"]["value"], users), (dag_id, environment)  # fmt: skip
+                assert rows[environment].partial  # not every day of the period was loaded
+
+    try:
+        # The sample day's publications above (the UI's and the REST API's runs) each started the week and month.
+        first = periods_published({})
+        late = local_airflow.data_dir / "landing" / str(day) / "late.jsonl"
+        late.write_text("".join(
+            json.dumps({"page": "/late", "datetime": f"{day}T12:{n:02}:00Z", "user_id": 900_000 + n,
+                        "environment": "production"}) + "\n" for n in range(40)))  # fmt: skip
+        run = local_airflow.api("POST", f"/dags/{NIGHTLY}/dagRuns", {"logical_date": None, "conf": {"day": str(day)}})
+        local_airflow.wait_for_run(run["dag_run_id"])
+        periods_published(first)
+        check_against_elasticsearch()
+    finally:
+        engine.dispose()
+
+
+def test_the_intraday_run_loads_only_files_new_since_its_last_run(local_airflow) -> None:
+    import sqlalchemy as sa
+
+    from hitmetrics import rollup
+
+    today = dt.datetime.now(dt.UTC).date()
+    folder = local_airflow.data_dir / "landing" / str(today)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, count: int) -> None:
+        (folder / name).write_text("".join(
+            json.dumps({"page": f"/{name}", "datetime": f"{today}T00:{n % 60:02}:00Z", "user_id": n,
+                        "environment": "staging"}) + "\n" for n in range(count)))  # fmt: skip
+
+    def intraday() -> None:
+        """A manual run, after every run already there (unpausing starts the latest half hour's) has finished."""
+        local_airflow.api("POST", "/dags/hits_intraday/dagRuns", {"logical_date": None})
+        for run in local_airflow.runs("hits_intraday"):
+            local_airflow.wait_for_run(run["dag_run_id"], dag_id="hits_intraday")
+
+    write("a.jsonl", 30)
+    local_airflow.api("PATCH", "/dags/hits_intraday", {"is_paused": False})
+    try:
+        intraday()
+        write("b.jsonl", 12)  # landed after the first run
+        intraday()
+    finally:
+        local_airflow.api("PATCH", "/dags/hits_intraday", {"is_paused": True})
+    engine = rollup.engine_for(f"sqlite:///{local_airflow.data_dir / 'rollups.sqlite'}")
+    try:
+        with engine.connect() as db:
+            loads = rollup.hits_loads.c
+            query = sa.select(loads.files, loads.loaded, loads.status).where(loads.landing_day == today)
+            found = db.execute(query.order_by(loads.loaded_at)).all()
+    finally:
+        engine.dispose()
+    # Each file loaded once, by whichever run came first after it landed; the runs after found nothing new.
+    assert sorted(tuple(row) for row in found) == [(1, 12, "partial"), (1, 30, "partial")]
+    assert local_airflow.env_daily_rows(str(today))["staging"][0] == 42
+
+
+def wait_for(found, what: str, timeout: float = 240):
+    """Poll `found()` every 2 s until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := found():
+            return value
+        time.sleep(2)
+    pytest.fail(f"no {what} after {timeout:.0f}s", pytrace=False)
 
 
 def forget_partition(database_url: str, day: str) -> None:

@@ -69,3 +69,8 @@ def test_wrong_replicas_or_shard_sizes_are_refused(environ, message):
 def test_a_cluster_is_its_nodes_comma_separated():
     settings = load_settings({"HITS_ES_URL": "http://a:9200, http://b:9200,"})
     assert settings.es_hosts == ["http://a:9200", "http://b:9200"]
+
+
+def test_the_landing_wait_may_run_into_the_second_day_and_the_deadline_may_be_off():
+    settings = load_settings({"HITS_LANDING_WAIT_UNTIL": "47:59", "HITS_ROLLUPS_DEADLINE": "off"})
+    assert (settings.landing_wait_until, settings.rollups_deadline) == ("47:59", "off")
