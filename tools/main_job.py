@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {**airflow_env(settings.data_dir), "HITS_ES_URL": node.url}
     airflow = [str(Path(sys.executable).with_name("airflow"))]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    stages = "create_indexes → plan_load → load_shard → finish_load → aggregate_30m → write_rollups"
+    stages = (
+        "wait_for_landing → create_indexes → lock_writes → plan_load → load_shard → finish_load → aggregate_30m → "
+        "write_rollups"
+    )
     print(f"running the hits_nightly DAG ({stages}) ...")
     log = settings.data_dir / "main-job.log"
     with open(log, "w") as sink:
