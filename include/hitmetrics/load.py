@@ -755,9 +755,9 @@ def _sweep_stale(
     attempts: Sequence[str],
     foreign: list[dict[str, Any]],
 ) -> Counter[str]:
-    """Delete every document from the landing folder written by anything but the load's shard `attempts` (another
-    load, a shard's failed attempt), in our own indexes only (`foreign` says which indexes behind the alias are
-    not); returns the deletions per index."""
+    """Delete every document of the load's `scope` (its landing folder, or its files) written by anything but the
+    load's shard `attempts` (another load, a shard's failed attempt), in our own indexes only (`foreign` says which
+    indexes behind the alias are not); returns the deletions per index."""
     query = {
         "bool": {
             "filter": [scope],
@@ -815,16 +815,15 @@ def _reconcile(
     foreign: list[dict[str, Any]],
 ) -> None:
     """Check Elasticsearch's counts: per partition exactly what the load's shard `attempts` wrote, and nothing else
-    from the folder in our own indexes."""
-    from_folder = scope
+    from the load's `scope` (its folder, or its files) in our own indexes."""
     mismatches = []
     for (day, environment), expected in sorted(report.partitions.items()):
         name = index_name(settings.index_prefix, day, environment)
-        query = {"bool": {"filter": [from_folder, {"terms": {"load_id": list(attempts)}}]}}
+        query = {"bool": {"filter": [scope, {"terms": {"load_id": list(attempts)}}]}}
         found = _count(es, index=name, query=query)
         if found != expected:
             mismatches.append(f"{name}: {found} instead of {expected}")
-    mine = {"bool": {"filter": [from_folder], "must_not": foreign}}
+    mine = {"bool": {"filter": [scope], "must_not": foreign}}
     total = _count(es, index=settings.index_prefix, query=mine, ignore_unavailable=True)
     if total != report.loaded:
         mismatches.append(f"all indexes: {total} documents from {what} instead of {report.loaded}")

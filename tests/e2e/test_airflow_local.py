@@ -148,12 +148,23 @@ def test_a_late_scheduled_day_waits_in_the_triggerer_and_holds_up_no_other_run(l
     assert manual, "no manual run finished while the scheduled one waited"
 
     sample = generate_day(local_airflow.data_dir / "landing", dt.date.fromisoformat(day), hits=500, pages=20, users=50)
-    time.sleep(8)  # the trigger looks every 3 s: the folder alone is not enough
+    time.sleep(4)  # the trigger looks every 3 s: the folder alone is not enough
     assert local_airflow.task_state(NIGHTLY, run_id, "wait_for_landing") == "deferred"
     (local_airflow.data_dir / "landing" / day / "_SUCCESS").touch()
     local_airflow.wait_for_run(run_id)
     assert local_airflow.loaded(day) == [sample.good]  # its one load, of every good record
     assert local_airflow.env_daily_rows(day)
+
+    # `airflow partitions clear` takes the run's partition key away and runs it again: its day is still the same,
+    # the local day before the run's 01:30.
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    cleared = subprocess.run([airflow, "partitions", "clear", "-d", NIGHTLY, "-k", day, "--clear-task-instances"],
+                             env=local_airflow.env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+    assert local_airflow.api("GET", f"/dags/{NIGHTLY}/dagRuns/{run_id}")["partition_key"] is None
+    wait_for(lambda: len(local_airflow.loaded(day)) == 2, "second load of the cleared run")
+    local_airflow.wait_for_run(run_id)
+    assert local_airflow.loaded(day) == [sample.good, sample.good]
 
     alert = wait_for(lambda: next((a for a in local_airflow.webhook.received if a["dag_run_id"] == run_id), None),
                      "the deadline alert's post")  # fmt: skip
