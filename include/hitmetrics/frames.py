@@ -52,14 +52,17 @@ def rollups(
     database: Engine | str | None = None,
     settings: Settings | None = None,
 ) -> pd.DataFrame:
-    """Rows of one rollup table (`hits_by_page_30m`, `hits_all_daily`, `hits_visits_daily`, ...) as a DataFrame.
+    """Rows of one rollup table (`hits_by_page_30m`, `hits_all_daily`, `hits_visits_daily`, `hits_by_env_weekly`, ...)
+    as a DataFrame.
 
-    `day`, or the local days `start` to `end` (both included), choose the rows; `environments` and `pages` narrow
+    `day`, or the local days `start` to `end` (both included), choose the rows (of a week or month table: the
+    periods that start on those days); `environments` and `pages` narrow
     them where the table has those columns. `database` is an engine or URL (default: the rollup database of
     `settings`, itself from the `HITS_*` variables).
     """
     settings = settings or load_settings()
-    tables = {**rollup.ROLLUP_TABLES, **rollup.VISITS_TABLES}
+    periods = {table.name: table for pair in rollup.PERIOD_TABLES.values() for table in pair}
+    tables = {**rollup.ROLLUP_TABLES, **rollup.VISITS_TABLES, **periods}
     if table not in tables:
         raise ValueError(f"{table!r} is not a rollup table: one of {', '.join(sorted(tables))}")
     source = tables[table]
@@ -67,9 +70,10 @@ def rollups(
         (_day(day), _day(day)) if day is not None else (_day(start) if start else None, _day(end) if end else None)
     )
     where = []
-    if "day" in source.c:
-        where += [source.c.day >= first] if first else []
-        where += [source.c.day <= last] if last else []
+    if "day" in source.c or "period_start" in source.c:  # a week or month: the periods that start then
+        day_column = source.c.day if "day" in source.c else source.c.period_start
+        where += [day_column >= first] if first else []
+        where += [day_column <= last] if last else []
     else:
         where += [source.c.bucket_start >= day_bounds(first, settings.timezone)[0]] if first else []
         where += [source.c.bucket_start < day_bounds(last, settings.timezone)[1]] if last else []
@@ -89,13 +93,16 @@ def _typed(frame: pd.DataFrame, tz: ZoneInfo) -> pd.DataFrame:
             frame[column] = frame[column].astype(_TEXT[column])
         elif column in _FLOATS:
             frame[column] = frame[column].astype("float64")
-        elif column not in ("bucket_start", "day", "local_start"):
+        elif column == "partial":
+            frame[column] = frame[column].astype("boolean")
+        elif column not in ("bucket_start", "day", "local_start", "period_start", "period_end"):
             frame[column] = frame[column].astype("Int64")
     if "bucket_start" in frame.columns:
         local = pd.to_datetime(frame.pop("bucket_start"), utc=True).dt.tz_convert(tz)
         return frame.set_index(pd.DatetimeIndex(local, name="local_start")).sort_index(kind="stable")
-    midnight = [dt.datetime.combine(day, dt.time(), tz) for day in frame.pop("day")]
-    index = pd.DatetimeIndex(pd.to_datetime(midnight, utc=True), name="day").tz_convert(tz)
+    name = "day" if "day" in frame.columns else "period_start"
+    midnight = [dt.datetime.combine(day, dt.time(), tz) for day in frame.pop(name)]
+    index = pd.DatetimeIndex(pd.to_datetime(midnight, utc=True), name=name).tz_convert(tz)
     return frame.set_index(index).sort_index(kind="stable")
 
 

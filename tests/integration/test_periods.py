@@ -12,7 +12,7 @@ import pytest
 from elasticsearch import Elasticsearch
 from sqlalchemy import Engine, select
 
-from hitmetrics import periods, pipeline, rollup, users
+from hitmetrics import frames, periods, pipeline, rollup, users
 from hitmetrics.config import Settings
 from hitmetrics.indexes import local_day
 
@@ -134,3 +134,8 @@ def test_publishing_a_period_replaces_its_rows_and_says_partial(
         late = conn.execute(select(by_page).where(by_page.c.page == "/late")).all()
     assert not production.partial and production.days_loaded == 7
     assert production.hits == want["production", "*"][0] + 1 and len(late) == 1
+
+    weekly = frames.rollups("hits_by_env_weekly", day=WEEK.start, database=engine, settings=settings)
+    assert weekly.index.name == "period_start" and str(weekly.index[0]) == "2026-10-19 00:00:00+02:00"
+    assert str(weekly["partial"].dtype) == "boolean" and not weekly["partial"].any()
+    assert weekly.loc[weekly["environment"] == "production", "unique_users"].item() == production.unique_users
