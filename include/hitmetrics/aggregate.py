@@ -227,6 +227,47 @@ class _CyclicGCPause(ContextDecorator):
 _cyclic_gc_paused = _CyclicGCPause()
 
 
+class Sizing(NamedTuple):
+    """What the first, cheap request over some hits finds, to size the work: their number, their distinct pages
+    (approximate: global ordinals), the span of their user ids, and how many lack `user_key`."""
+
+    response: dict[str, Any]
+    hits: int
+    pages: int
+    user_min: int
+    user_max: int
+    unkeyed: int
+
+    @property
+    def wide(self) -> bool:
+        """Whether the user ids span `users.BLOCK` or more (then users are counted per block)."""
+        return self.user_max - self.user_min >= exact.BLOCK
+
+    def unkeyed_problem(self, where: str) -> str:
+        return (
+            f"{self.unkeyed} of {self.hits} hits {where} have no {exact.FIELD} (loaded by a version before exact "
+            "unique users): load their landing days again to count users exactly"
+        )
+
+
+def size_up(es: Elasticsearch, query: dict[str, Any], *, with_pages: bool, **body: Any) -> Sizing:
+    """`Sizing` of the hits `query` matches in the indexes `body` names (see `search`)."""
+    aggs = {
+        "user_min": {"min": {"field": "user_id"}},
+        "user_max": {"max": {"field": "user_id"}},
+        "user_keys": {"value_count": {"field": exact.FIELD}},
+    }
+    if with_pages:
+        aggs["pages"] = {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}
+    response = search(es, query, aggs, track_total_hits=True, **body)
+    hits = response["hits"]["total"]["value"]
+    # filter_path leaves out what is empty: no hits, no values.
+    found = {name: response.get("aggregations", {}).get(name, {}).get("value") or 0
+             for name in ("user_min", "user_max", "user_keys", "pages")}  # fmt: skip
+    return Sizing(response, hits, int(found["pages"]), int(found["user_min"]), int(found["user_max"]),
+                  hits - int(found["user_keys"]))  # fmt: skip
+
+
 @_cyclic_gc_paused
 def aggregate_partition(
     es: Elasticsearch,
@@ -253,27 +294,12 @@ def aggregate_partition(
     with_pages = environment != ALL
     query = {"bool": {"filter": [{"term": {"environment": environment}}, in_day] if with_pages else [in_day]}}
 
-    # Hits, distinct pages (global ordinals: cheap) and the span of user ids size the work; the rows come in a
-    # snapshot of their own.
-    sizing = {
-        "user_min": {"min": {"field": "user_id"}},
-        "user_max": {"max": {"field": "user_id"}},
-        "user_keys": {"value_count": {"field": exact.FIELD}},
-    }
-    if with_pages:
-        sizing["pages"] = {"cardinality": {"field": "page", "precision_threshold": CARDINALITY_PRECISION}}
-    count = _search(es, query, sizing, index=index, track_total_hits=True)
-    hits = count["hits"]["total"]["value"]
-    found_aggs = count.get("aggregations", {})
-    keyed = found_aggs.get("user_keys", {}).get("value", 0)
-    if keyed != hits:
-        raise ChecksFailed(
-            PartitionCheck(environment, day, hits, hits, hits,
-                           f"{hits - keyed} of {hits} hits in {index} have no {exact.FIELD} (loaded by a version "
-                           "before exact unique users): load their landing days again to count users exactly"),
-        )  # fmt: skip
-    span = (found_aggs.get("user_max", {}).get("value") or 0) - (found_aggs.get("user_min", {}).get("value") or 0)
-    users = exact.users_aggs(wide=span >= exact.BLOCK)
+    # The rows come in a snapshot of their own.
+    count = size_up(es, query, with_pages=with_pages, index=index)
+    hits = count.hits
+    if count.unkeyed:
+        raise ChecksFailed(PartitionCheck(environment, day, hits, hits, hits, count.unkeyed_problem(f"in {index}")))
+    users = exact.users_aggs(wide=count.wide)
     half_hours = {
         "date_histogram": {"field": "datetime", "fixed_interval": BUCKET_INTERVAL, "time_zone": tz, "min_doc_count": 1}
     }
@@ -284,8 +310,8 @@ def aggregate_partition(
         "by_day": {"date_histogram": {"field": "datetime", "calendar_interval": "1d", "time_zone": tz}, "aggs": users},
     }
     page_aggs = {**users, "by_30m": {**half_hours, "aggs": users}}
-    page_count = _pages_of(count).get("value", 0) if with_pages else 0
-    size = _terms_size(page_count)
+    page_count = count.pages
+    size = terms_size(page_count)
     if parts is None:
         slots = math.ceil((end - start) / dt.timedelta(minutes=30))
         planned = math.ceil(page_count * (slots + 1) / PART_BUCKET_BUDGET)
@@ -298,9 +324,9 @@ def aggregate_partition(
         return {"pages": {"terms": terms, "aggs": page_aggs}}
 
     if not hits:
-        found, page_buckets = count, []
+        found, page_buckets = count.response, []
     elif not with_pages:
-        found, page_buckets = _search(es, query, totals, index=index, track_total_hits=True), []
+        found, page_buckets = search(es, query, totals, index=index, track_total_hits=True), []
     elif parts == 1 and (found := _in_one_request(es, index, query, {**totals, **pages(0, 1)})):
         page_buckets = _pages_of(found).get("buckets", [])
     else:
@@ -337,7 +363,7 @@ def _count_large_rows(
         half_hours = {**totals["by_30m"], "aggs": split}
         request["pages"] = {"terms": {"field": "page", "include": big_pages, "size": len(big_pages)},
                             "aggs": {**split, "by_30m": half_hours}}  # fmt: skip
-    again = _search(es, query, request, index=index).get("aggregations", {})
+    again = search(es, query, request, index=index).get("aggregations", {})
     for name in env_levels:
         _settle(aggs[name]["buckets"], again[name]["buckets"])
     by_page = {bucket["key"]: bucket for bucket in again.get("pages", {}).get("buckets", [])}
@@ -367,7 +393,7 @@ def _in_one_request(
     """The totals and every page in one request (one snapshot, no point in time); None when the cluster refuses
     it as too large, or pages fell beyond the terms size (an underestimated page count): parts take over."""
     try:
-        found = _search(es, query, aggs, index=index, track_total_hits=True)
+        found = search(es, query, aggs, index=index, track_total_hits=True)
     except ApiError as error:
         if _refused_as_too_large(error):
             return None
@@ -375,7 +401,7 @@ def _in_one_request(
     return None if _pages_of(found).get("sum_other_doc_count") else found
 
 
-def _search(es: Elasticsearch, query: dict[str, Any], aggs: dict[str, Any], **body: Any) -> dict[str, Any]:
+def search(es: Elasticsearch, query: dict[str, Any], aggs: dict[str, Any], **body: Any) -> dict[str, Any]:
     """One aggregation request of a partition; `body` names the index or point in time, and more.
 
     Every request skips the shard request cache: a day is aggregated once, and caching its large answers would
@@ -405,18 +431,18 @@ def _in_parts(
     in time, so the rows and the count they are checked against describe the same snapshot."""
     pit_id = es.open_point_in_time(index=index, keep_alive=POINT_IN_TIME_KEEP_ALIVE)["id"]
 
-    def search(aggs: dict[str, Any], **body: Any) -> dict[str, Any]:
+    def in_snapshot(aggs: dict[str, Any], **body: Any) -> dict[str, Any]:
         nonlocal pit_id
-        response = _search(es, query, aggs, pit={"id": pit_id, "keep_alive": POINT_IN_TIME_KEEP_ALIVE}, **body)
+        response = search(es, query, aggs, pit={"id": pit_id, "keep_alive": POINT_IN_TIME_KEEP_ALIVE}, **body)
         pit_id = response.get("pit_id", pit_id)
         return response
 
     def fetch_part(partition: int, of: int) -> dict[str, Any]:
-        return _pages_of(search(pages(partition, of)))
+        return _pages_of(in_snapshot(pages(partition, of)))
 
     pool = ThreadPoolExecutor(AGG_CONCURRENCY, thread_name_prefix="aggregate")
     try:
-        found = pool.submit(search, totals, track_total_hits=True)
+        found = pool.submit(in_snapshot, totals, track_total_hits=True)
         page_buckets = _page_buckets(pool, fetch_part, parts)
         return found.result(), page_buckets
     finally:
@@ -483,7 +509,7 @@ def aggregate_partitions(
         pool.shutdown(cancel_futures=True)
 
 
-def _terms_size(page_count: int) -> int:
+def terms_size(page_count: int) -> int:
     """The terms `size` of every part: the whole partition's approximate page count, with slack.
 
     A size above a part's pages costs nothing (only the buckets that exist are built), so parts never fall short.

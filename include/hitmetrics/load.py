@@ -367,9 +367,8 @@ def plan_load(
     stats = {file.source_file: file.path.stat() for file in files}
     stamps = {name: file_stamp(stat) for name, stat in stats.items()}
     if loaded is not None:
-        unchanged = [name for name, stamp in stamps.items() if loaded.get(name) == stamp]
         stats = {name: stat for name, stat in stats.items() if loaded.get(name) != stamps[name]}
-        log.info("%d file(s) loaded before and unchanged, %d new or changed", len(unchanged), len(stats))
+        log.info("%d file(s) loaded before and unchanged, %d new or changed", len(stamps) - len(stats), len(stats))
     sizes = [(name, stat.st_size) for name, stat in stats.items()]
     shard_mb = settings.shard_mb if shard_mb == -1 else shard_mb
     split = split_into_shards(sizes, None if shard_mb is None else max(1, int(shard_mb * (1 << 20))))

@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from elasticsearch import Elasticsearch
 
+from hitmetrics import aggregate
 from hitmetrics import users as exact
 from hitmetrics.aggregate import day_bounds
 from hitmetrics.indexes import index_name
@@ -129,48 +131,42 @@ def aggregate_period(
     ]}}  # fmt: skip
     body = {"index": ",".join(names), "ignore_unavailable": True, "allow_no_indices": True}
 
-    def search(aggs: dict[str, Any], **more: Any) -> dict[str, Any]:
-        return es.search(
-            **body, query=more.pop("query", query), size=0, aggs=aggs, request_cache=False,
-            allow_partial_search_results=False, **more,
-        ).body  # fmt: skip
+    def search(aggs: dict[str, Any], query: dict[str, Any] = query) -> dict[str, Any]:
+        return aggregate.search(es, query, aggs, **body).get("aggregations", {})
 
-    sizing = search(
-        {"user_min": {"min": {"field": "user_id"}}, "user_max": {"max": {"field": "user_id"}},
-         "user_keys": {"value_count": {"field": exact.FIELD}},
-         "pages": {"cardinality": {"field": "page", "precision_threshold": 40_000}}},
-        track_total_hits=True,
-    )  # fmt: skip
-    hits, found = sizing["hits"]["total"]["value"], sizing["aggregations"]
+    sizing = aggregate.size_up(es, query, with_pages=True, **body)
+    hits = sizing.hits
     if not hits:
         return [], []
-    if found["user_keys"]["value"] != hits:
-        raise ValueError(
-            f"{hits - found['user_keys']['value']} of {hits} hits of {environment} in {period} have no "
-            f"{exact.FIELD} (loaded by a version before exact unique users): load their landing days again"
-        )
-    low, high = int(found["user_min"]["value"]), int(found["user_max"]["value"])
-    users = exact.users_aggs(wide=high - low >= exact.BLOCK)
-    size = int(found["pages"]["value"] * 1.1) + 10
-    rows = search({**users, "pages": {"terms": {"field": "page", "size": size}, "aggs": users}})["aggregations"]
-    pages = rows["pages"]
+    if sizing.unkeyed:
+        raise ValueError(sizing.unkeyed_problem(f"of {environment} in {period}"))
+    users = exact.users_aggs(wide=sizing.wide)
+    size = aggregate.terms_size(sizing.pages)
+    rows = search({**users, "pages": {"terms": {"field": "page", "size": size}, "aggs": users}})
+    pages = rows.get("pages", {})
     if pages.get("sum_other_doc_count"):
         raise RuntimeError(f"{period} {environment}: pages beyond the terms size {size}")
     total = {"key": "*", "doc_count": hits, **{name: value for name, value in rows.items() if name != "pages"}}
-    counts = {bucket["key"]: exact.exact_users(bucket) for bucket in [total, *pages["buckets"]]}
+    counts = {bucket["key"]: exact.exact_users(bucket) for bucket in [total, *pages.get("buckets", [])]}
     if undecided := sorted(key for key, count in counts.items() if count is None):
-        counts.update(_count_in_parts(search, query, undecided, low, high))
+        counts.update(_count_in_parts(search, query, undecided, sizing.user_min, sizing.user_max))
     partial = not set(period.days) <= loaded_days
     days_loaded = len(set(period.days) & loaded_days)
     by_env = [PeriodEnv(environment, period.start, period.last_day, hits, counts["*"], days_loaded, partial)]
     by_page = sorted(
         PeriodPage(environment, bucket["key"], period.start, bucket["doc_count"], counts[bucket["key"]], partial)
-        for bucket in pages["buckets"]
+        for bucket in pages.get("buckets", [])
     )
     return by_env, by_page
 
 
-def _count_in_parts(search: Any, query: dict[str, Any], keys: list[str], low: int, high: int) -> dict[str, int]:
+def _count_in_parts(
+    search: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+    query: dict[str, Any],
+    keys: list[str],
+    low: int,
+    high: int,
+) -> dict[str, int]:
     """Exact unique users of the rows `keys` (pages, `*` for the whole environment), summed over parts of
     `users.SPLIT` ids, asked in id ranges of at most `PARTS_PER_REQUEST` parts in all."""
     pages = [key for key in keys if key != "*"]
@@ -185,8 +181,8 @@ def _count_in_parts(search: Any, query: dict[str, Any], keys: list[str], low: in
         aggs: dict[str, Any] = dict(split) if "*" in keys else {}
         if pages:
             aggs["pages"] = {"terms": {"field": "page", "include": pages, "size": len(pages)}, "aggs": split}
-        found = search(aggs, query=in_range).get("aggregations", {})
-        if "*" in keys:
+        found = search(aggs, in_range)
+        if "user_parts" in found:  # absent when no hit falls in the range
             counts["*"] += exact.exact_users(found)
         for bucket in found.get("pages", {}).get("buckets", []):
             counts[bucket["key"]] += exact.exact_users(bucket)

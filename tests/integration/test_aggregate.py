@@ -272,7 +272,7 @@ def test_part_with_more_pages_than_its_size_is_redone_in_halves(
     hits = many_pages(day, pages=40)
     index = make_index(es, index_prefix, day, "production", hits)
     asked = parts_asked(es, monkeypatch)
-    monkeypatch.setattr(aggregate, "_terms_size", lambda page_count: 8)
+    monkeypatch.setattr(aggregate, "terms_size", lambda page_count: 8)
 
     aggs = aggregate_partition(es, index, day, "production", "UTC", parts=parts)
 
