@@ -1,8 +1,10 @@
 """Airflow glue for hitmetrics: clients and database URLs from Airflow connections, with embedded defaults.
 
 The only place besides the DAG files that knows Airflow. Connections: `hits_elasticsearch` (type elasticsearch,
-with a port) and `hits_rollups` (any SQLAlchemy-capable database). When one is not defined, hitmetrics falls back to
-`HITS_ES_URL` / `HITS_ROLLUPS_URL` (the local node and a SQLite file by default) and says so in the task log.
+with a port), `hits_rollups` (any SQLAlchemy-capable database) and `hits_storage` (object storage: an `aws`
+connection, with an `endpoint_url` for an S3-compatible server). When the first two are not defined, hitmetrics
+falls back to `HITS_ES_URL` / `HITS_ROLLUPS_URL` (the local node and a SQLite file by default) and says so in the
+task log.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hitmetrics.config import ES_CONN_ID, ROLLUPS_CONN_ID, Settings
+from hitmetrics.config import ES_CONN_ID, ROLLUPS_CONN_ID, STORAGE_CONN_ID, Settings
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -81,12 +83,17 @@ def _log_default_once(url: str) -> None:
 
 def storage_root(location: str) -> Any:
     """A location setting (`HITS_LANDING`, `HITS_REJECTS`): a local folder, or an ObjectStoragePath for URLs
-    (s3://, gs://, file://), which takes its credentials from the URL's Airflow connection."""
-    if "://" in location:
-        from airflow.sdk import ObjectStoragePath
+    (s3://, gs://, az://, file://). A URL's credentials and endpoint come from the connection it names
+    (`s3://conn_id@bucket/...`), else from `hits_storage` when that is defined, else from the machine's own
+    (environment variables, an instance role)."""
+    if "://" not in location:
+        return Path(location)
+    from airflow.sdk import ObjectStoragePath
 
-        return ObjectStoragePath(location)
-    return Path(location)
+    path = ObjectStoragePath(location)
+    if path.conn_id is None and _connection(STORAGE_CONN_ID) is not None:
+        path = ObjectStoragePath(location, conn_id=STORAGE_CONN_ID)
+    return path
 
 
 def rollups_asset(grain: str) -> Any:

@@ -40,4 +40,6 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
 fi
 
 .venv/bin/python -m tools.esnode build >/dev/null
+# The local S3 server (S3Proxy) of the tests and `make stack`: its jars from Maven Central.
+.venv/bin/python -m tools.s3node build >/dev/null
 echo "setup: ready"

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Elasticsearch node and a real PostgreSQL, started once per test session.
+"""Shared fixtures: a real Elasticsearch node, a real PostgreSQL and a real S3 server, started once per test session.
 
 `ES_URL` / `HITS_TEST_POSTGRES_URL` point the tests at running services instead. Without either, the project
 starts its own (tools.esnode, tools.pgserver). With CI=true a service that cannot be had fails the run; a
@@ -98,6 +98,26 @@ def postgres_url() -> Iterator[str]:
         service_missing(f"cannot start PostgreSQL: {error}")
     yield url
     pgserver.stop(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[object]:
+    """A real S3 API server of our own (S3Proxy, tools.s3node) with the bucket `hits`, and the Airflow connection
+    `hits_storage` to it (as the environment variable a deployment would set)."""
+    import json
+
+    from tools import s3node
+
+    data_dir = Path(tempfile.mkdtemp(prefix="hitmetrics-s3-"))
+    try:
+        info = s3node.start(port=esnode.free_port(), data_dir=data_dir)
+    except esnode.NodeError as error:
+        service_missing(f"cannot start the local S3 server: {error}")
+    os.environ["AIRFLOW_CONN_HITS_STORAGE"] = json.dumps(info.connection())
+    yield info
+    os.environ.pop("AIRFLOW_CONN_HITS_STORAGE", None)
+    s3node.stop(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -14,6 +14,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 ES_CONN_ID = "hits_elasticsearch"
 ROLLUPS_CONN_ID = "hits_rollups"
+# Credentials and endpoint of object-storage URLs in HITS_LANDING / HITS_REJECTS (unless a URL names its own).
+STORAGE_CONN_ID = "hits_storage"
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
 
 # Environment names become part of index names, so they are held to what an index name may contain. Always

@@ -335,6 +335,13 @@ def day_status(engine: Engine, day: dt.date, environment: str | None = None) -> 
     return DayStatus(day=day, loads=loads, checks=checks)
 
 
+def rejects_file(engine: Engine, load_id: str) -> str | None:
+    """Where the rejects of load `load_id` were written (a path or URL), None when it recorded none."""
+    query = select(hits_loads.c.rejects_file).where(hits_loads.c.load_id == load_id)
+    with engine.connect() as conn:
+        return conn.scalars(query).first()
+
+
 def available_days(engine: Engine, limit: int = MAX_DAYS_LISTED) -> list[dt.date]:
     """Days that have rollups, newest first."""
     query = select(hits_by_env_daily.c.day).distinct().order_by(hits_by_env_daily.c.day.desc()).limit(limit)

@@ -386,11 +386,17 @@ def plan_load(
 
 def file_stamp(stat: Any) -> str:
     """A file's size and modification time (`<bytes>:<ns>`): a file whose stamp is unchanged is not loaded again by
-    an incremental load. Object storage gives the time its object was written."""
+    an incremental load. Object storage gives the time its object was written, to the second only, so its entity
+    tag (a digest of the content on S3) is added where there is one (`<bytes>:<ns>:<tag digest>`): an object replaced
+    within the same second by one of the same size is still a changed file."""
     nanoseconds = getattr(stat, "st_mtime_ns", None)
     if nanoseconds is None:
         nanoseconds = round(float(getattr(stat, "st_mtime", 0) or 0) * 1e9)
-    return f"{stat.st_size}:{nanoseconds}"
+    tag = (stat.get("ETag") or stat.get("etag")) if isinstance(stat, Mapping) else None
+    stamp = f"{stat.st_size}:{nanoseconds}"
+    if tag:  # as a digest: the stamp stays within the manifest's 64 characters (a multipart tag is longer)
+        stamp += ":" + hashlib.blake2b(str(tag).encode(), digest_size=8).hexdigest()
+    return stamp
 
 
 def split_into_shards(sizes: Sequence[tuple[str, int]], shard_bytes: int | None) -> list[tuple[list[str], int]]:

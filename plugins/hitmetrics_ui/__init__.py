@@ -123,7 +123,32 @@ def create_app() -> "FastAPI":
         return {**asdict(report), "checks_passed": report.checks_passed, "partial": report.partial,
                 "visits": visits and asdict(visits)}  # fmt: skip
 
+    @app.get("/api/rejects")
+    def rejects(engine: RollupsDep, load_id: Annotated[str, Query(max_length=128)]) -> Response:
+        """The rejects file of a load (JSON lines: file, line, reason, raw record), wherever it was written: a
+        folder or object storage (through the `hits_storage` connection). Only a file that a load recorded."""
+        from fastapi.responses import StreamingResponse
+
+        from hitmetrics_airflow import storage_root
+
+        location = dashboard.rejects_file(engine, load_id)
+        if location is None:
+            raise HTTPException(404, f"load {load_id!r} recorded no rejects file")
+        path = storage_root(location)
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError:
+            raise HTTPException(404, f"the rejects file {location} of load {load_id!r} is gone") from None
+        headers = {"Content-Disposition": f'attachment; filename="{load_id}-rejects.jsonl"'}
+        return StreamingResponse(_closing_chunks(stream), media_type="application/x-ndjson", headers=headers)
+
     return app
+
+
+def _closing_chunks(stream, size: int = 1 << 16):
+    with stream:
+        while chunk := stream.read(size):
+            yield chunk
 
 
 @cache
