@@ -206,13 +206,19 @@ def jvm_options(heap: str) -> list[str]:
     ]  # fmt: skip
 
 
-def start(port: int = DEFAULT_PORT, data_dir: Path | None = None, heap: str = DEFAULT_HEAP) -> NodeInfo:
-    """Start the single node (or return the one already serving `data_dir`) and wait until it is healthy."""
+def start(
+    port: int = DEFAULT_PORT,
+    data_dir: Path | None = None,
+    heap: str = DEFAULT_HEAP,
+    settings: dict[str, str] | None = None,
+) -> NodeInfo:
+    """Start the single node (or return the one already serving `data_dir`) and wait until it is healthy; `settings`
+    are node settings on top (`thread_pool.write.queue_size`, ...)."""
     data_dir = (data_dir or default_data_dir()).resolve()
     existing = running(data_dir)
     if existing:
         return existing
-    process, info, out = _launch(port, data_dir, heap, {"transport.port": "0"})
+    process, info, out = _launch(port, data_dir, heap, {"transport.port": "0", **(settings or {})})
     _wait_until(lambda: _healthy(info.url), [(process, info, out)], f"Elasticsearch at {info.url}")
     return info
 

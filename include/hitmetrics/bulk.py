@@ -7,6 +7,8 @@ way is simply sent again, whole or only the items Elasticsearch asked to resend.
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -26,10 +28,12 @@ CHUNK_DOCS = 100_000
 CHUNK_BYTES = 8 << 20
 BULK_THREADS = 3
 BULK_TIMEOUT_S = 120
-# Transient failures (429, 5xx, connection lost) are retried with exponential backoff, about a minute in all.
-RETRIES = 6
+# Back-pressure and transient failures (429 es_rejected_execution_exception, 5xx, a connection lost while a node
+# leaves) are retried with capped exponential back-off and jitter (so the shards of a day do not retry in step),
+# until one request has waited RETRY_BUDGET_S in all: only then does it fail its shard, naming the cause.
 INITIAL_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
+RETRY_BUDGET_S = 300.0
 RETRY_STATUS = (429, 502, 503, 504)
 # A request is first sent asking only whether anything failed: producing, sending and parsing a status per item
 # costs the node and the loader time on every request. Only when something failed is it sent again (index and
@@ -49,17 +53,57 @@ def send_chunks(es: Elasticsearch, chunks: Iterable[Chunk]) -> Iterator[tuple[Co
     """Send `chunks`, `BULK_THREADS` requests in flight; yield per chunk (docs done per index, errors).
 
     Results come in the order the chunks were sent. Index and delete are idempotent here (fixed ids), so a chunk
-    whose request failed part way is simply sent again.
+    whose request failed part way is simply sent again. The back-pressure ridden out is logged at the end.
     """
     es = es.options(request_timeout=BULK_TIMEOUT_S)
-    with ThreadPoolExecutor(BULK_THREADS, thread_name_prefix="hits-bulk") as pool:
-        in_flight: deque[Future] = deque()
-        for chunk in chunks:
-            if len(in_flight) >= BULK_THREADS:
+    pressure = BackPressure()
+    try:
+        with ThreadPoolExecutor(BULK_THREADS, thread_name_prefix="hits-bulk") as pool:
+            in_flight: deque[Future] = deque()
+            for chunk in chunks:
+                if len(in_flight) >= BULK_THREADS:
+                    yield in_flight.popleft().result()
+                in_flight.append(pool.submit(send_chunk, es, chunk, pressure))
+            while in_flight:
                 yield in_flight.popleft().result()
-            in_flight.append(pool.submit(send_chunk, es, chunk))
-        while in_flight:
-            yield in_flight.popleft().result()
+    finally:
+        if pressure.retries:
+            log.info("%s", pressure)
+
+
+class BackPressure:
+    """The retries of one load's requests (shared by its sending threads): how often, why and how long they
+    waited. `wait` sleeps a jittered, capped exponential back-off, or fails once one request has waited
+    `RETRY_BUDGET_S`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.retries = 0
+        self.waited_s = 0.0
+        self.causes: Counter[str] = Counter()
+
+    def wait(self, attempt: int, waited_s: float, cause: str) -> float:
+        """Sleep before retry `attempt` (from 0) of a request that has waited `waited_s` so far; returns its new
+        total. Raises LoadError, naming `cause`, when that would pass the budget."""
+        cap = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**attempt)
+        pause = random.uniform(cap / 2, cap)
+        if waited_s + pause > RETRY_BUDGET_S:
+            raise LoadError(
+                f"Elasticsearch still answered {cause} after {attempt} retries over {waited_s:.0f}s: the cluster "
+                f"is overloaded or a node is gone for longer than the loader waits ({RETRY_BUDGET_S:.0f}s); "
+                "the shard fails so that Airflow retries it later"
+            )
+        with self._lock:
+            self.retries += 1
+            self.waited_s += pause
+            self.causes[cause.split(":")[0]] += 1
+        log.warning("%s; retrying in %.2fs", cause, pause)
+        time.sleep(pause)
+        return waited_s + pause
+
+    def __str__(self) -> str:
+        causes = ", ".join(f"{cause} x{count}" for cause, count in self.causes.most_common())
+        return f"rode out back-pressure: {self.retries} retries ({causes}), {self.waited_s:.1f}s of waiting in all"
 
 
 def chunks_of(actions: Iterable[Action]) -> Iterator[Chunk]:
@@ -102,32 +146,32 @@ class Chunk:
             at += size
 
 
-def send_chunk(es: Elasticsearch, chunk: Chunk) -> tuple[Counter[str], list[dict[str, Any]]]:
+def send_chunk(
+    es: Elasticsearch, chunk: Chunk, pressure: BackPressure | None = None
+) -> tuple[Counter[str], list[dict[str, Any]]]:
     """One chunk as one bulk request; returns (documents done per index, refused items).
 
-    429 and 5xx answers and lost connections are retried with exponential backoff: a whole request again, or
-    only the items Elasticsearch answered 429/5xx for.
+    429 and 5xx answers and lost connections are retried with back-off (`BackPressure.wait`): a whole request
+    again, or only the items Elasticsearch answered 429/5xx for.
     """
     for preparation in chunk.ready:
         preparation.result()
+    pressure = pressure or BackPressure()
     done: Counter[str] = Counter()
     errors: list[dict[str, Any]] = []
     filter_path = QUICK_FILTER_PATH
-    attempt = 0
+    attempt, waited_s = 0, 0.0
     while True:
-        last = attempt == RETRIES
         try:
             response = post_bulk(es, chunk.ndjson, filter_path)
         except ApiError as error:
-            if last or error.meta.status not in RETRY_STATUS:
+            if error.meta.status not in RETRY_STATUS:
                 raise LoadError(f"bulk request failed: {error}") from error
-            _back_off(attempt, f"bulk request answered {error.meta.status}")
+            waited_s = pressure.wait(attempt, waited_s, f"{error.meta.status} {error.error}: a bulk request")
             attempt += 1
             continue
         except (ESConnectionError, ConnectionTimeout) as error:
-            if last:
-                raise LoadError(f"bulk request failed after {attempt + 1} attempts: {error}") from error
-            _back_off(attempt, f"bulk request failed ({error})")
+            waited_s = pressure.wait(attempt, waited_s, f"connection lost: a bulk request ({error})")
             attempt += 1
             continue
         if not response.get("errors"):
@@ -138,20 +182,22 @@ def send_chunk(es: Elasticsearch, chunk: Chunk) -> tuple[Counter[str], list[dict
             continue
         retry: list[bytes] = []
         retry_per_index: Counter[str] = Counter()
+        refusal = ""
         for (lines, operation, index, _id), item in zip(chunk.operations(), response["items"], strict=True):
             status = item[operation]["status"]
             # Deleting what is already gone is fine: someone else's sweep or a retry got there first.
             if status < 300 or (operation == "delete" and status == 404):
                 done[index] += 1
-            elif status in RETRY_STATUS and not last:
+            elif status in RETRY_STATUS:
                 retry += lines
                 retry_per_index[index] += 1
+                refusal = refusal or f"{status} {(item[operation].get('error') or {}).get('type', '')}".strip()
             else:
                 errors.append({operation: {**item[operation], "_index": index, "_id": _id}})
         if not retry_per_index:
             return done, errors
         chunk = Chunk(b"\n".join(retry) + b"\n", retry_per_index)
-        _back_off(attempt, f"Elasticsearch asked to resend {retry_per_index.total()} document(s)")
+        waited_s = pressure.wait(attempt, waited_s, f"{refusal}: {retry_per_index.total()} document(s)")
         attempt += 1
 
 
@@ -165,12 +211,6 @@ def post_bulk(es: Elasticsearch, body: bytes, filter_path: str) -> dict[str, Any
         headers={"accept": "application/json", "content-type": "application/json"},
         body=body,
     ).body
-
-
-def _back_off(attempt: int, why: str) -> None:
-    pause = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**attempt)
-    log.warning("%s; retrying in %.0fs", why, pause)
-    time.sleep(pause)
 
 
 def describe(error_item: dict[str, Any]) -> str:

@@ -121,9 +121,9 @@ def test_records_of_many_days_do_not_pile_up_in_memory(es, settings, index_prefi
     real_send = bulk.send_chunk
     sent = []
 
-    def send(es, chunk):
+    def send(es, chunk, pressure):
         sent.append(len(chunk.ndjson))
-        return real_send(es, chunk)
+        return real_send(es, chunk, pressure)
 
     monkeypatch.setattr(bulk, "send_chunk", send)
     report = load_landing_day(es, settings, DAY)
