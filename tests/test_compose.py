@@ -30,6 +30,8 @@ SECRETS = {
     "AIRFLOW_FERNET_KEY": "Vv1ImXS6ivtZ5uiQ8hwvbfDYNQNBcBF8tF1SQxpPyJc=",
     "AIRFLOW_JWT_SECRET": "jwtSecret5",
     "AIRFLOW_API_SECRET_KEY": "apiSecret6",
+    "HITS_S3_ACCESS_KEY": "s3Access7",
+    "HITS_S3_SECRET_KEY": "s3Secret8",
 }
 
 
@@ -90,8 +92,9 @@ def test_stack_has_the_official_services_postgres_and_elasticsearch(stack: dict,
         needs = stack["services"][name]["depends_on"]
         assert needs["airflow-init"]["condition"] == "service_completed_successfully", name
         assert needs["postgres"]["condition"] == needs["redis"]["condition"] == "service_healthy", name
-        # The Elasticsearch of whichever profile runs: each is awaited if present.
+        # The Elasticsearch of whichever profile runs: each is awaited if present; so is the S3 profile's server.
         assert needs["elasticsearch"] == needs["es01"] == {"condition": "service_healthy", "required": False}, name
+        assert needs["s3"] == {"condition": "service_started", "required": False}, name
     for service in [*stack["services"].values(), *model(filled_env, "cluster")["services"].values()]:
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{port} is published beyond this host"
@@ -107,6 +110,31 @@ def test_celery_runs_the_tasks_on_two_workers_that_share_no_disk(stack: dict) ->
     assert mounts[env["HITS_REJECTS"]]["type"] == "volume"  # one rejects store for every worker
     assert env["HITS_DATA_DIR"] not in mounts  # each container's own data folder
     assert "celery" in (REPO / "requirements.txt").read_text()
+
+
+def test_the_s3_profile_puts_landing_rejects_and_task_logs_in_a_bucket(filled_env: Path) -> None:
+    text = filled_env.read_text().replace("COMPOSE_PROFILES=single-node", "COMPOSE_PROFILES=single-node,s3")
+    for name, value in {"HITS_LANDING": "s3://hits/landing", "HITS_REJECTS": "s3://hits/rejects",
+                        "HITS_REMOTE_LOGS": "true"}.items():  # fmt: skip
+        text = re.sub(rf"^{name}=.*$", f"{name}={value}", text, flags=re.M)
+    filled_env.write_text(text)
+    stack = model(filled_env, "single-node", "s3")
+    s3 = stack["services"]["s3"]
+    assert s3["environment"]["S3PROXY_IDENTITY"] == SECRETS["HITS_S3_ACCESS_KEY"]
+    assert s3["environment"]["S3PROXY_CREDENTIAL"] == SECRETS["HITS_S3_SECRET_KEY"]
+    assert [p["host_ip"] for p in s3["ports"]] == ["127.0.0.1"]
+    from airflow.sdk import Connection
+
+    for name in AIRFLOW_SERVICES:
+        env = stack["services"][name]["environment"]
+        assert (env["HITS_LANDING"], env["HITS_REJECTS"]) == ("s3://hits/landing", "s3://hits/rejects"), name
+        assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "true", name
+        assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "s3://hits/logs", name
+        assert env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] == "hits_storage", name
+        storage = Connection.from_json(env["AIRFLOW_CONN_HITS_STORAGE"], conn_id="hits_storage")
+        assert (storage.conn_type, storage.login, storage.password) == (
+            "aws", SECRETS["HITS_S3_ACCESS_KEY"], SECRETS["HITS_S3_SECRET_KEY"])  # fmt: skip
+        assert storage.extra_dejson["endpoint_url"] == "http://s3:80"
 
 
 def test_the_cluster_profile_runs_three_nodes_with_transport_tls(filled_env: Path) -> None:

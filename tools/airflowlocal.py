@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools import esnode, pgserver
+from tools import esnode, pgserver, procs
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8080
@@ -200,21 +200,9 @@ def start(
 
 
 def _stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM to the whole process group (standalone and its components), SIGKILL to what outlives `timeout`."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        process.poll()  # reap standalone itself, or the group never looks empty
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    """SIGTERM to every process of standalone's session (its components and their task processes, which Airflow
+    puts in process groups of their own), SIGKILL to what outlives `timeout`."""
+    procs.end_sessions([process.pid], grace_s=timeout)
     process.wait()
 
 

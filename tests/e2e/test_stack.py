@@ -1,5 +1,7 @@
-"""The distributed stack (`make stack`: PostgreSQL, Redis, a 3-node cluster, Airflow with two Celery workers that
-share no disk): a day's load fanned out over both workers, exact, also when a worker is killed mid-load.
+"""The distributed stack (`make stack`: PostgreSQL, Redis, a 3-node cluster, an S3 server, Airflow with two Celery
+workers; no component shares a disk with another): a day landed in the bucket, its load fanned out over both
+workers, exact, also when a worker is killed mid-load with its task processes; every try's log readable through the
+REST API; nothing left running.
 
 Slow (the stack takes about two minutes to start, a killed worker's tasks a minute to be retried); runs in CI.
 """
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 from hitmetrics.sample import generate_day
 from tests.dags.test_hits_nightly import expected_rollups
 from tests.e2e.conftest import ARTIFACTS, hermetic_environment
-from tools import airflowlocal, esnode, stack
+from tools import airflowlocal, esnode, procs, stack
 from tools.testing import service_missing
 
 pytestmark = pytest.mark.slow
@@ -38,8 +40,11 @@ def running_stack():
         started = stack.start(root, esnode.free_port(), base=base)
     except (stack.StackError, esnode.NodeError, airflowlocal.AirflowError) as error:
         service_missing(f"cannot start the stack: {error}")
+    sessions = started.sessions()
     yield started
+    sessions += started.sessions()  # a restarted worker leads a new one
     stack.stop(started)
+    assert procs.in_sessions(sessions) == []  # not a task process of a worker is left
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copytree(root / "logs", ARTIFACTS / "stack-logs", dirs_exist_ok=True)
     shutil.rmtree(root, ignore_errors=True)
@@ -75,6 +80,21 @@ def wait_for(running: stack.Stack, run_id: str, until=None) -> str:
     pytest.fail(f"run {run_id} did not end in {RUN_TIMEOUT_S}s: {task_instances(running, run_id)}")
 
 
+def land(running: stack.Stack, tmp: Path, day: dt.date, **sample) -> Path:
+    """A generated landing day, put into the stack's bucket; its local copy, for the expected figures."""
+    made = generate_day(tmp, day, pages=300, users=5_000, **sample)
+    assert stack.upload(running.s3, made.folder) == f"{running.landing}/{day}"
+    return made.folder
+
+
+def task_log(running: stack.Stack, run_id: str, ti: dict, try_number: int) -> str:
+    """A try's log as the UI shows it (read from the bucket by the API server)."""
+    path = (f"/dags/{NIGHTLY}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{try_number}"
+            f"?map_index={ti['map_index']}&full_content=true")  # fmt: skip
+    content = api(running, "GET", path)["content"]
+    return "\n".join(line if isinstance(line, str) else str(line.get("event", "")) for line in content)
+
+
 def assert_rollups_exact(running: stack.Stack, folder: Path, day: dt.date) -> None:
     """The published rollups against the test's own reading of the landing files."""
     users, hits, good, bad = expected_rollups(folder, ZoneInfo("UTC"))
@@ -93,20 +113,24 @@ def assert_rollups_exact(running: stack.Stack, folder: Path, day: dt.date) -> No
     assert tuple(load) == (good + bad, good, bad)
 
 
-def test_a_day_fans_out_over_both_workers_and_survives_one_killed(running_stack: stack.Stack) -> None:
+def test_a_day_fans_out_over_both_workers_and_survives_one_killed(running_stack: stack.Stack, tmp_path) -> None:
     day = dt.date(2026, 11, 20)
-    sample = generate_day(running_stack.landing, day, hits=60_000, pages=300, users=5_000)
+    folder = land(running_stack, tmp_path, day, hits=60_000)
     trigger(running_stack, day, "fanned-out")
     assert wait_for(running_stack, "fanned-out") == "success"
     tis = task_instances(running_stack, "fanned-out")
     shards = [ti for ti in tis if ti["task_id"] == "load_shard"]
     assert len(shards) >= 4
     assert {ti["hostname"] for ti in tis} == {"worker-1", "worker-2"}  # both workers did the run's work
-    assert_rollups_exact(running_stack, sample.folder, day)
+    assert_rollups_exact(running_stack, folder, day)
+    for ti in shards:  # each read from the bucket, whichever worker wrote it
+        assert f"shard {ti['map_index'] + 1} of {len(shards)} of landing day {day}" in task_log(
+            running_stack, "fanned-out", ti, 1
+        )
 
     # Again for another day, with the worker of a running shard killed (-9, with its task processes).
     day = dt.date(2026, 11, 21)
-    sample = generate_day(running_stack.landing, day, hits=240_000, pages=300, users=5_000, seed=11)
+    folder = land(running_stack, tmp_path, day, hits=240_000, seed=11)
     trigger(running_stack, day, "worker-killed")
     running_shard: dict = {}
 
@@ -117,9 +141,18 @@ def test_a_day_fans_out_over_both_workers_and_survives_one_killed(running_stack:
 
     assert wait_for(running_stack, "worker-killed", until=a_shard_runs) == "running"
     victim = running_shard["hostname"]
-    stack.kill_worker(running_stack, victim)
+    worker_pid = running_stack.processes[victim].pid
+    killed = stack.kill_worker(running_stack, victim)
+    assert worker_pid in killed and len(killed) > 2  # the worker, its pool and the task processes it ran
+    assert procs.in_sessions([worker_pid]) == []
+    (said,) = stack.watch(running_stack)  # what `make stack` does each second
+    assert said.startswith(f"{victim} stopped (exit code -9) and was started again") and "task log(s)" in said
     assert wait_for(running_stack, "worker-killed") == "success"
     (retried,) = [ti for ti in task_instances(running_stack, "worker-killed")
                   if ti["task_id"] == "load_shard" and ti["map_index"] == running_shard["map_index"]]  # fmt: skip
-    assert retried["try_number"] >= 2 and retried["hostname"] != victim
-    assert_rollups_exact(running_stack, sample.folder, day)
+    assert retried["try_number"] >= 2
+    assert_rollups_exact(running_stack, folder, day)
+    # Every try's log, the killed one's too (saved from the worker's folder when it came back).
+    label = f"shard {retried['map_index'] + 1} of"
+    for try_number in range(1, retried["try_number"] + 1):
+        assert label in task_log(running_stack, "worker-killed", retried, try_number)
