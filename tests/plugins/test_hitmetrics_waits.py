@@ -36,6 +36,21 @@ def test_the_trigger_fires_when_the_marker_arrives(tmp_path: Path, monkeypatch: 
     assert path == "hitmetrics_waits.LandingDayTrigger" and kwargs["poll_seconds"] == 5
 
 
+def test_the_trigger_fires_when_the_marker_arrives_in_the_bucket(s3_server, monkeypatch) -> None:
+    import uuid
+
+    from hitmetrics_airflow import storage_root
+
+    landing = f"s3://hits/trigger-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("HITS_LANDING", landing)
+    monkeypatch.setenv("HITS_LANDING_MARKER", "_SUCCESS")
+    folder = storage_root(landing) / "2026-11-30"
+    (folder / "web.jsonl").write_bytes(b"")
+    threading.Timer(1.0, (folder / "_SUCCESS").write_bytes, [b""]).start()
+    in_an_hour = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    assert first_event(LandingDayTrigger("2026-11-30", in_an_hour, poll_seconds=0.2)) == {"landed": True}
+
+
 def test_the_trigger_gives_up_at_its_deadline_with_the_reason(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HITS_LANDING", str(tmp_path))
     soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)).isoformat()
