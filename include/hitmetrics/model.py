@@ -62,6 +62,12 @@ class InvalidHit(ValueError):
     """A record that is not a valid hit; the message is a short reason for a human."""
 
 
+def user_id_range(first: int, width: int) -> dict[str, dict[str, int]]:
+    """A range query of `width` user ids from `first`, clamped to the field's domain: a bound past 2³¹−1 is refused
+    by Elasticsearch's `integer` field (`Value [...] is out of range for an integer`)."""
+    return {"range": {"user_id": {"gte": max(first, 0), "lte": min(first + width - 1, MAX_USER_ID)}}}
+
+
 def validate_hit(raw: Mapping[str, Any], environments: Collection[str]) -> HitRecord:
     """Check one decoded record (e.g. a JSON object) and return it as a `HitRecord`.
 

@@ -23,6 +23,7 @@ from hitmetrics import aggregate
 from hitmetrics import users as exact
 from hitmetrics.aggregate import day_bounds
 from hitmetrics.indexes import index_name
+from hitmetrics.model import user_id_range
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def _count_in_parts(
     # Ranges aligned to the histogram's parts, so that a part never straddles two requests.
     first = low - low % exact.SPLIT
     for lo in range(first, high + 1, span):
-        in_range = {"bool": {"filter": [query, {"range": {"user_id": {"gte": lo, "lt": lo + span}}}]}}
+        in_range = {"bool": {"filter": [query, user_id_range(lo, span)]}}
         aggs: dict[str, Any] = dict(split) if "*" in keys else {}
         if pages:
             aggs["pages"] = {"terms": {"field": "page", "include": pages, "size": len(pages)}, "aggs": split}

@@ -210,8 +210,8 @@ def publish_rollups(
     load_report: dict[str, Any],
 ) -> list[dict]:
     """Check and replace every staged partition's rollup rows, replace the visits of their days and of the days
-    before them (a visit across midnight goes on in the next day), and record the load, all in one transaction;
-    returns a summary.
+    before them (a visit across midnight goes on in the next day; one that runs through a whole day, in the day
+    after that), and record the load, all in one transaction; returns a summary.
 
     A partition whose checks fail (30-minute sum, daily hits and Elasticsearch count disagree) keeps its previous
     rows; the failed check is recorded in `hits_checks` and the run fails.
@@ -220,15 +220,17 @@ def publish_rollups(
     rollup.create_tables(engine)
     partitions = [(dt.date.fromisoformat(day), environment) for day, environment in staged]
     gap = dt.timedelta(minutes=settings.visit_gap_minutes)
-    wanted = sorted(
-        {(day - dt.timedelta(days=back), env) for day, env in partitions if env != aggregate.ALL for back in (0, 1)}
-    )
-    found = [
-        visits.day_visits(es, lambda d, env=env: indexes.index_name(settings.index_prefix, d, env), day, env,
-                          settings.timezone, gap)
-        for day, env in wanted
-    ]  # fmt: skip
-    day_visits = [found_day for found_day in found if found_day is not None]
+    days = [(day, env) for day, env in partitions if env != aggregate.ALL]
+    wanted = {(day - dt.timedelta(days=back), env) for day, env in days for back in (0, 1)}
+    found: dict[tuple[dt.date, str], visits.DayVisits | None] = {}
+    while pending := sorted(wanted - set(found)):
+        for day, env in pending:
+            counted = visits.day_visits(es, lambda d, env=env: indexes.index_name(settings.index_prefix, d, env),
+                                        day, env, settings.timezone, gap)  # fmt: skip
+            found[(day, env)] = counted
+            if counted is not None and counted.carried_through:  # an earlier day's visit runs through this one
+                wanted.add((day - dt.timedelta(days=1), env))
+    day_visits = [counted for _, counted in sorted(found.items()) if counted is not None]
     for counted in day_visits:
         if counted.summary:
             log.info("%s %s: %d visits, bounce rate %.1f %%", counted.day, counted.environment,

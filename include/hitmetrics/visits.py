@@ -1,11 +1,13 @@
 """Visits: one user's hits in one environment with no gap longer than `HITS_VISIT_GAP_MINUTES` (30) between two.
 
-A visit belongs to the local day of its first hit. It is computed from Elasticsearch alone: a composite
-aggregation walks a partition's hits ordered by user, instant and page (a bucket per distinct triple, its
-`doc_count` the views), so hits never leave the node as documents. To tell whether the day's first hits continue
-a visit of the day before, the walk starts one gap before the day; a visit still open at the end of the day is
-followed into the next day's index. So a day's visits change when the next day is loaded: the nightly run
-republishes the visits of the day before each day it publishes.
+A visit belongs to the local day of its first hit and lasts as long as its hits do, however many days that is (a
+crawler, a kiosk, a monitoring probe). It is computed from Elasticsearch alone: a composite aggregation walks a
+partition's hits ordered by user, instant and page (a bucket per distinct triple, its `doc_count` the views), so
+hits never leave the node as documents. To tell whether the day's first hits continue a visit of the day before,
+the walk starts one gap before the day; a visit still open at the end of the day is followed into the next day's
+index, and the next, while it goes on. So a day's visits change when a later day is loaded: the nightly run
+republishes the visits of the day before each day it publishes, and of the days before that while a visit runs
+through them (`DayVisits.carried_through`).
 
 Hits at the same millisecond of one user are ordered by page, so the entry and exit pages of such a visit are
 the first and last page in that order.
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 from elasticsearch import Elasticsearch
 
 from hitmetrics.aggregate import day_bounds
+from hitmetrics.model import user_id_range
 
 COMPOSITE_PAGE = 10_000
 # Hits of one range of user ids walked on its own: a few composite pages.
@@ -64,6 +67,8 @@ class DayVisits:
     day: dt.date
     summary: VisitsDay | None = None
     pages: list[PageVisits] = field(default_factory=list)
+    # A visit that began on an earlier day is still open at this day's end: that day's visits change with the next.
+    carried_through: bool = False
 
     def tables(self) -> dict[str, list[Any]]:
         return {"hits_visits_daily": [self.summary] if self.summary else [], "hits_entries_exits_daily": self.pages}
@@ -83,36 +88,45 @@ def day_visits(
 ) -> DayVisits | None:
     """The visits of `environment` that began on the local `day` of `tz`; None when the day has no index.
 
-    `index_of(day)` names the environment's index of a day; the day before and after are read where they exist.
+    `index_of(day)` names the environment's index of a day; the day before and the days after are read where they
+    exist (the days after for as long as a visit of `day` goes on).
     """
     start, end = day_bounds(day, tz)
     gap_ms = int(gap / dt.timedelta(milliseconds=1))
-    names = [index_of(day + dt.timedelta(days=n)) for n in (-1, 0, 1)]
+    names = [index_of(day + dt.timedelta(days=n)) for n in (-1, 0)]
     found = es.indices.get(index=",".join(names), ignore_unavailable=True, allow_no_indices=True, features="aliases")
     if names[1] not in found:
         return None
-    index = ",".join(name for name in names if name in found)
     result = DayVisits(environment, day)
     start_ms, end_ms = _millis(start), _millis(end)
     visits: list[_Visit] = []
     open_at_end: dict[int, _Visit] = {}
-    hits = _walk(es, index, environment, start_ms - gap_ms, end_ms)
+    hits = _walk(es, ",".join(name for name in names if name in found), environment, start_ms - gap_ms, end_ms)
     for user, visit in _sessions(hits, gap_ms):
         if start_ms <= visit.first:
             visits.append(visit)
             if visit.last >= end_ms - gap_ms:
                 open_at_end[user] = visit
-    # A visit still open at midnight goes on in the next day's hits.
-    users = sorted(open_at_end)
-    for first in range(0, len(users), USERS_PER_REQUEST):
-        chunk = users[first : first + USERS_PER_REQUEST]
-        later = _walk(es, index, environment, end_ms, _millis(day_bounds(day + dt.timedelta(days=1), tz)[1]), chunk)
-        for user, instant, page, views in later:
-            visit = open_at_end.get(user)
-            if visit is None or instant - visit.last > gap_ms:
-                open_at_end.pop(user, None)
-                continue
-            visit.last, visit.exit, visit.views = instant, page, visit.views + views
+        elif visit.last >= end_ms - gap_ms:
+            result.carried_through = True
+    # A visit still open at midnight goes on in the next day's hits, and the next day's, while it lasts.
+    later = day
+    while open_at_end:
+        later += dt.timedelta(days=1)
+        if not es.indices.exists(index=index_of(later)):
+            break
+        since_ms, until_ms = end_ms, _millis(day_bounds(later, tz)[1])
+        users = sorted(open_at_end)
+        for first in range(0, len(users), USERS_PER_REQUEST):
+            chunk = users[first : first + USERS_PER_REQUEST]
+            for user, instant, page, views in _walk(es, index_of(later), environment, since_ms, until_ms, chunk):
+                visit = open_at_end.get(user)
+                if visit is None or instant - visit.last > gap_ms:
+                    open_at_end.pop(user, None)
+                    continue
+                visit.last, visit.exit, visit.views = instant, page, visit.views + views
+        end_ms = until_ms
+        open_at_end = {user: visit for user, visit in open_at_end.items() if visit.last >= end_ms - gap_ms}
     if not visits:
         return result
     durations = [(visit.last - visit.first) / 1000 for visit in visits]
@@ -167,8 +181,7 @@ def _walk(
     low, high = int(sized["aggregations"]["low"]["value"]), int(sized["aggregations"]["high"]["value"])
     width = max(1, (high - low + 1) * HITS_PER_RANGE // hits)
     for first in range(low, high + 1, width):
-        in_range = {"range": {"user_id": {"gte": first, "lt": first + width}}}
-        yield from _walk_range(es, index, [*filters, in_range])
+        yield from _walk_range(es, index, [*filters, user_id_range(first, width)])
 
 
 def _walk_range(es: Elasticsearch, index: str, filters: list[dict[str, Any]]) -> Iterator[tuple[int, int, str, int]]:

@@ -139,3 +139,18 @@ def test_publishing_a_period_replaces_its_rows_and_says_partial(
     assert weekly.index.name == "period_start" and str(weekly.index[0]) == "2026-10-19 00:00:00+02:00"
     assert str(weekly["partial"].dtype) == "boolean" and not weekly["partial"].any()
     assert weekly.loc[weekly["environment"] == "production", "unique_users"].item() == production.unique_users
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_user_ids_at_both_ends_of_the_integer_range(es: Elasticsearch, index_prefix: str, dense: bool) -> None:
+    """Ids 0, 1, 2³¹−2 and 2³¹−1 together (sparse, or with many near the top) counted in id ranges: no range
+    query passes the integer field's maximum."""
+    month = periods.period_of("month", dt.date(2026, 2, 1))
+    noon = dt.datetime(2026, 2, 3, 12, tzinfo=dt.UTC)
+    top = 2**31 - 1
+    # Dense: as many ids as the row past linear counting above, the last of them the top one.
+    ids = [0, 1, top - 1] + list(range(top - (3 * (users.SPLIT + 2_000) if dense else 0), top + 1, 3))
+    hits = [Hit("/big", noon + dt.timedelta(days=n % 20, seconds=n % 3600), user) for n, user in enumerate(ids)]
+    load(es, index_prefix, hits, "UTC")
+    rollups = periods.aggregate_periods(es, index_prefix, month, ["production"], "UTC", set())
+    assert computed(rollups) == expected(hits, month, "UTC")

@@ -129,3 +129,49 @@ def test_an_intraday_load_loads_only_new_and_changed_files_then_the_nightly_fini
     assert statuses == ["partial", "partial", "partial", "succeeded"]
     assert set(rollup.loaded_stamps(engine, DAY)) == {f"{DAY}/a.jsonl"}  # the manifest is the folder's again
     assert refresh() is None
+
+
+def test_a_crawler_across_three_days_and_ids_at_the_integer_ends_through_the_nightly_and_its_periods(
+    es, tmp_path, index_prefix
+):
+    """Landing days D, D+1, D+2, each loaded and published as the nightly does: a crawler's visit from 23:30 on D
+    to 23:50 on D+2 is one visit of D, republished when D+2 is; users 0, 1, 2³¹−2 and 2³¹−1 are counted in the
+    days, the week and the month."""
+    top = 2**31 - 1
+    settings = Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix=index_prefix,
+                        environments=("production",))  # fmt: skip
+    url, landing, rejects = (
+        settings.rollups_database_url,
+        landing_root(settings.landing),
+        landing_root(settings.rejects),
+    )
+    start = dt.datetime(2026, 11, 25, 23, 30, tzinfo=dt.UTC)
+    crawler = [start + dt.timedelta(minutes=10 * n) for n in range(2 * 24 * 6 + 3)]  # to 2026-11-27 23:50
+    for offset in range(3):
+        day = DAY + dt.timedelta(days=offset)
+        hits = [{"page": "/crawl", "datetime": at.isoformat(), "user_id": 7, "environment": "production"}
+                for at in crawler if at.date() == day]  # fmt: skip
+        hits += [{"page": "/x", "datetime": f"{day}T12:{n:02}:00Z", "user_id": user, "environment": "production"}
+                 for n, user in enumerate([0, 1, top - 1, top])]  # fmt: skip
+        (tmp_path / "landing" / day.isoformat()).mkdir(parents=True)
+        write_hits(tmp_path / "landing" / day.isoformat() / "hits.jsonl", hits)
+        plan = pipeline.plan_run(settings, requested_day=day.isoformat(), run_after=dt.datetime.now(dt.UTC))
+        pipeline.prepare_indexes(es, settings, plan)
+        shards = pipeline.plan_load(settings, plan, landing)
+        written = [pipeline.load_shard(es, settings, shard, landing, rejects) for shard in shards]
+        values = pipeline.report_dict(pipeline.finish_load(es, settings, shards, written, rejects))
+        staged = pipeline.aggregate_partitions(es, settings, plan, values, url)
+        pipeline.publish_rollups(es, settings, url, staged, values)
+
+    engine = rollup.engine_for(url)
+    with engine.connect() as conn:
+        visits = {row.day: row for row in conn.execute(select(rollup.hits_visits_daily))}
+        users = {row.day: row.unique_users for row in conn.execute(select(rollup.hits_by_env_daily))}
+    assert visits[DAY].views == len(crawler) + 4  # the crawler's whole visit, republished with D+2
+    assert visits[DAY].visits == 5 and visits[DAY + dt.timedelta(days=2)].visits == 4
+    assert users == {DAY + dt.timedelta(days=n): 5 for n in range(3)}
+    week = pipeline.publish_period(es, settings, url, "week", DAY.isoformat())
+    month = pipeline.publish_period(es, settings, url, "month", DAY.isoformat())
+    assert (
+        week["environments"]["production"]["unique_users"] == month["environments"]["production"]["unique_users"] == 5
+    )

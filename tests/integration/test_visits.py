@@ -124,3 +124,43 @@ def test_the_walk_in_many_ranges_of_users_gives_the_same_visits(
     load(es, index_prefix, hits, tz)
     monkeypatch.setattr(visits, "HITS_PER_RANGE", 40)  # about 15 ranges of the 25 users
     assert visits_of(es, index_prefix, day, tz) == expected(hits, day, tz)
+
+
+def test_a_visit_longer_than_a_day_is_followed_to_its_end_and_marks_the_days_it_runs_through(
+    es: Elasticsearch, index_prefix: str
+) -> None:
+    """A crawler active without a 30-minute gap from 23:30 on D to 23:50 on D+2: one visit of D, with every hit."""
+    day, tz = dt.date(2026, 11, 25), "UTC"
+    start = dt.datetime(2026, 11, 25, 23, 30, tzinfo=dt.UTC)
+    crawler = [Hit(f"/p{n % 5}", start + dt.timedelta(minutes=10 * n), 7) for n in range(2 * 24 * 6 + 3)]
+    others = random_hits(day + dt.timedelta(days=1), tz, seed=5, count=300)
+    hits = crawler + others
+    load(es, index_prefix, hits, tz)
+    assert crawler[-1].at == dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)
+    summary, pages = visits_of(es, index_prefix, day, tz)
+    assert (summary, pages) == expected(hits, day, tz)
+    assert summary.views >= len(crawler)  # every hit of the crawler's 48-hour visit
+    for later in (day + dt.timedelta(days=1), day + dt.timedelta(days=2)):
+        found = day_visits(es, lambda d: indexes.index_name(index_prefix, d, "production"), later, "production",
+                           tz, GAP)  # fmt: skip
+        assert found.carried_through, later  # the crawler's visit of D runs through it: publishing it republishes D
+        assert (found.summary, set(found.pages)) == expected(hits, later, tz)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_user_ids_at_both_ends_of_the_integer_range(
+    es: Elasticsearch, index_prefix: str, monkeypatch, dense: bool
+) -> None:
+    """Ids 0, 1, 2³¹−2 and 2³¹−1 together, sparse (a few users) or dense (many near the top): every range query
+    stays inside the integer field's domain."""
+    from hitmetrics import visits
+
+    day, tz = dt.date(2026, 11, 25), "UTC"
+    top = 2**31 - 1
+    ids = [0, 1, top - 1, top] + ([top - n for n in range(2, 400)] if dense else [])
+    noon = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    hits = [Hit("/a" if n % 2 else "/b", noon + dt.timedelta(minutes=7 * n % 200), user)
+            for n, user in enumerate(ids * 3)]  # fmt: skip
+    load(es, index_prefix, hits, tz)
+    monkeypatch.setattr(visits, "HITS_PER_RANGE", 50)  # many ranges, the last one ending at the top id
+    assert visits_of(es, index_prefix, day, tz) == expected(hits, day, tz)
