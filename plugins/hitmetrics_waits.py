@@ -154,9 +154,13 @@ def take_writes_lock(context: Any, database_url: str) -> bool:
         except Exception:  # a run that is gone (deleted with its DAG) holds nothing
             return False
 
+    # A run of `airflow dags test` (make run) runs whole in this process: record it, so that a next run can tell
+    # when it was killed, which Airflow's metadata never learns.
+    in_process = context["dag_run"].triggering_user_name == "dag_test"
     engine = rollup.engine_for(database_url)
     try:
-        other = locks.acquire(engine, writes_lock_holder(context), is_running)
+        other = locks.acquire(engine, writes_lock_holder(context), is_running,
+                              process=locks.this_process() if in_process else None)  # fmt: skip
     finally:
         engine.dispose()
     if other:

@@ -109,7 +109,8 @@ class ParsedHit(msgspec.Struct, frozen=True):
 
 class _JsonHit(msgspec.Struct):
     """A JSON record decoded and checked in one C call (the fast path); other keys are ignored, as by
-    `validate_hit`. Its constraints are `validate_hit`'s, so a record it takes is one `validate_hit` takes."""
+    `validate_hit`. Its constraints are `validate_hit`'s (and a page without NUL, checked after), so a record it
+    takes is one `validate_hit` takes."""
 
     page: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PAGE_LENGTH)]
     datetime: str
@@ -383,7 +384,7 @@ def _parse_json_lines(
                 pass
             else:
                 instant = plain_utc(hit.datetime)
-                if instant is not None and hit.environment in environments:
+                if instant is not None and hit.environment in environments and "\0" not in hit.page:
                     batch.append(ParsedHit(hit.page, instant, hit.user_id, hit.environment, source_file, number))
                     if len(batch) >= BATCH_RECORDS:
                         yield batch

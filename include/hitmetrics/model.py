@@ -16,6 +16,9 @@ _MISSING = object()
 # The years a hit may have: four digits keep index names in their pattern, and the margin of a year at each end
 # lets any time zone shift a day without leaving them.
 MIN_YEAR, MAX_YEAR = 1000, 9998
+# Every other character is accepted in a page (control characters too, and published as they are); NUL is not, as
+# PostgreSQL's text cannot hold it: one verdict for the value, whatever the rollup database.
+NUL_IN_PAGE = "page contains a NUL character (U+0000), which the rollup database cannot store"
 # The one datetime grammar (README, "Input"): RFC 3339's date and time, where seconds and the offset may be left
 # out. Nothing else is a datetime, whichever way a record is read; `plain_utc` and the C fast path take a subset.
 _DATETIME = re.compile(
@@ -62,6 +65,18 @@ class InvalidHit(ValueError):
     """A record that is not a valid hit; the message is a short reason for a human."""
 
 
+class OutOfRange(ValueError):
+    """A day or instant outside the years a hit may have; the message says which and why, in one line."""
+
+
+def check_day(day: dt.date, what: str = "day") -> dt.date:
+    """`day` if a hit may fall on it (years `MIN_YEAR` to `MAX_YEAR`), else `OutOfRange`: the days around it, and
+    its instants in any time zone, stay within what a datetime holds."""
+    if not MIN_YEAR <= day.year <= MAX_YEAR:
+        raise OutOfRange(f"{what} {day} is outside the years {MIN_YEAR} to {MAX_YEAR}, the only ones a hit may have")
+    return day
+
+
 def user_id_range(first: int, width: int) -> dict[str, dict[str, int]]:
     """A range query of `width` user ids from `first`, clamped to the field's domain: a bound past 2³¹−1 is refused
     by Elasticsearch's `integer` field (`Value [...] is out of range for an integer`)."""
@@ -81,6 +96,8 @@ def validate_hit(raw: Mapping[str, Any], environments: Collection[str]) -> HitRe
         problems.append("page must be a non-empty string")
     elif len(page) > MAX_PAGE_LENGTH:
         problems.append(f"page is longer than {MAX_PAGE_LENGTH} characters")
+    elif "\0" in page:
+        problems.append(NUL_IN_PAGE)
 
     instant = raw.get("datetime", _MISSING)
     if instant is _MISSING:

@@ -20,6 +20,7 @@ from hitmetrics import aggregate, indexes, load, periods, rollup, staging, visit
 from hitmetrics.config import ConfigError, Settings
 from hitmetrics.ingest import MissingLandingDay, UnreadableLandingEntries
 from hitmetrics.load import LoadReport, TooManyRejects
+from hitmetrics.model import OutOfRange, check_day
 
 __all__ = ["MissingLandingDay", "RunPlan", "TooManyRejects", "UnreadableLandingEntries", "plan_run"]
 
@@ -51,7 +52,9 @@ def plan_run(
         raise ConfigError("day: a manual run needs its landing day (YYYY-MM-DD); none, or no valid date, was given")
     if requested_day:
         try:
-            day = dt.date.fromisoformat(requested_day)
+            day = check_day(dt.date.fromisoformat(requested_day))
+        except OutOfRange as error:
+            raise ConfigError(f"day: {error}") from error
         except ValueError as error:
             raise ConfigError(f"day: {requested_day!r} is not a date (YYYY-MM-DD)") from error
     else:

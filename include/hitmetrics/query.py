@@ -27,7 +27,16 @@ from elasticsearch import Elasticsearch
 from hitmetrics.config import Settings
 from hitmetrics.connect import CLIENT_ERRORS, friendly_errors
 from hitmetrics.indexes import create_indexes, index_name, local_day, parse_index_name
-from hitmetrics.model import FIELDS, Hit, HitRecord, parse_datetime, validate_hit, validate_text_hit
+from hitmetrics.model import (
+    FIELDS,
+    MAX_YEAR,
+    MIN_YEAR,
+    Hit,
+    HitRecord,
+    parse_datetime,
+    validate_hit,
+    validate_text_hit,
+)
 from hitmetrics.users import user_key
 
 DEFAULT_INTERVAL = "30m"
@@ -115,13 +124,16 @@ def parse_instant(text: str, tz: ZoneInfo) -> dt.datetime:
     A date means the start of that day in `tz`. A wall-clock time that does not exist (skipped when clocks go
     forward) or exists twice (when they go back) is refused: the caller must give the offset.
     """
+    day_only = re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip())
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
-            # fold=0 puts a midnight that a DST jump skips at the first instant of the day, which is what a day means.
-            return dt.datetime.combine(dt.date.fromisoformat(text.strip()), dt.time(), tzinfo=tz)
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise QueryError(f"{text!r} is not an ISO 8601 date or date-time (e.g. 2026-03-29T02:30)") from None
+    if not MIN_YEAR <= value.year <= MAX_YEAR:  # also keeps the instant in UTC and a day either side representable
+        raise QueryError(f"{text} is outside the years {MIN_YEAR} to {MAX_YEAR}, the only ones a hit may have")
+    if day_only:
+        # fold=0 puts a midnight that a DST jump skips at the first instant of the day, which is what a day means.
+        return value.replace(tzinfo=tz)
     if value.tzinfo is not None:
         return value
     local = value.replace(tzinfo=tz)
@@ -333,7 +345,7 @@ def histogram_windows(
     end = query.end.astimezone(dt.UTC)
     edges = [query.start.astimezone(dt.UTC)]
     day = query.start.astimezone(tz).date()
-    while True:
+    while (dt.date.max - day).days > days:  # the year 9999 is past any query instant (`parse_instant`)
         day += dt.timedelta(days=days)
         edge = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(dt.UTC)
         if edge >= end:

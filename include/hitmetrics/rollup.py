@@ -350,11 +350,12 @@ def create_tables(engine: Engine) -> None:
     from hitmetrics import locks, staging  # noqa: F401 - their tables join `metadata` on import (they import this)
 
     metadata.create_all(engine)
-    _add_missing_columns(engine, hits_loads)
+    add_missing_columns(engine, hits_loads)
 
 
-def _add_missing_columns(engine: Engine, table: Table) -> None:
-    """Columns added to `table` since it was created (it keeps its rows): `hits_loads.status` and `error`."""
+def add_missing_columns(engine: Engine, table: Table) -> None:
+    """Columns added to `table` since it was created (it keeps its rows): `hits_loads.status` and `error`,
+    `hits_locks.process`."""
     present = {column["name"] for column in inspect(engine).get_columns(table.name)}
     missing = [column for column in table.columns if column.name not in present]
     with engine.begin() as conn:

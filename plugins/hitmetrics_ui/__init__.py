@@ -39,6 +39,7 @@ def create_app() -> "FastAPI":
 
     from hitmetrics import dashboard
     from hitmetrics.config import ENVIRONMENT_NAME, load_settings
+    from hitmetrics.model import OutOfRange, check_day
     from hitmetrics_airflow import rollups_url
 
     def rollups_engine() -> Engine:
@@ -50,7 +51,10 @@ def create_app() -> "FastAPI":
     EnvironmentParam = Annotated[
         str | None, Query(pattern=f"^{ENVIRONMENT_NAME.pattern}$", description="One environment; default: all")
     ]
-    PageParam = Annotated[str | None, Query(min_length=1, description="One page; default: all pages")]
+    # A page with NUL can have no rows (the loader refuses it), and PostgreSQL cannot even be asked for one.
+    PageParam = Annotated[
+        str | None, Query(min_length=1, pattern="^[^\x00]*$", description="One page; default: all pages")
+    ]
 
     def known_environment(engine: Engine, environment: str | None) -> str | None:
         """`environment` if it is configured or has rollups; else 404, as a typo must not read as zero hits."""
@@ -64,7 +68,10 @@ def create_app() -> "FastAPI":
 
     def chosen_day(engine: Engine, day: dt.date | None) -> dt.date:
         if day is not None:
-            return day
+            try:
+                return check_day(day)
+            except OutOfRange as error:
+                raise HTTPException(400, str(error)) from None
         days = dashboard.available_days(engine, limit=1)
         if not days:
             raise HTTPException(404, "No rollups yet: the hitmetrics DAG has not published any day")

@@ -162,6 +162,23 @@ def test_bad_input_is_refused_with_the_reason(client, params, field):
     assert response.json()["detail"][0]["loc"] == ["query", field]
 
 
+@pytest.mark.parametrize("day", ["0001-01-01", "9999-12-31", "0999-12-31"])
+def test_a_day_at_the_calendars_ends_is_a_400_in_one_line(client, day):
+    for path in ["/hitmetrics/api/chart", "/hitmetrics/api/pages", "/hitmetrics/api/status"]:
+        response = client.get(path, params={"day": day})
+        assert response.status_code == 400, path
+        assert response.json()["detail"] == (
+            f"day {day} is outside the years 1000 to 9998, the only ones a hit may have"
+        )
+
+
+def test_a_page_with_nul_is_refused_and_other_control_characters_are_asked_for(client):
+    response = client.get("/hitmetrics/api/chart", params={"page": "x\x00y"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "page"]
+    chart = client.get("/hitmetrics/api/chart", params={"page": "x\x01y\x7f"})
+    assert chart.status_code == 200 and chart.json()["totals"]["hits"] == 0
+
+
 def test_a_day_with_3000_pages_is_served_whole(client):
     # Its speed is measured in bench/, never timed here.
     for path in ["/hitmetrics/", "/hitmetrics/api/days", "/hitmetrics/api/chart", "/hitmetrics/api/status"]:

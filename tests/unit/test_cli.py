@@ -100,6 +100,15 @@ def _one_line(err: str) -> str:
         (["save", "--json", "[]"], "hitmetrics save: invalid hit: --json must be a JSON object"),
         (["save", "--json", "{}", "--page", "/a"], "hitmetrics save: give the hit either as --json or as"),
         (["list", "--prefix", "Bad Prefix"], "hitmetrics list: HITS_INDEX_PREFIX: 'Bad Prefix' is not a valid"),
+        # The calendar's ends: one line, never an OverflowError's traceback.
+        (["count", "--from", "0001-01-01T00:00+14:00"], "hitmetrics count: 0001-01-01T00:00+14:00 is outside the "
+         "years 1000 to 9998, the only ones a hit may have"),
+        (["count", "--from", "9999-12-31T23:59-14:00"], "hitmetrics count: 9999-12-31T23:59-14:00 is outside the "
+         "years 1000 to 9998"),
+        (["histogram", "--from", "9999-12-30", "--to", "9999-12-31T23:00"], "hitmetrics histogram: 9999-12-30 is "
+         "outside the years 1000 to 9998"),
+        (["save", "--json", '{"page": "/a\\u0000b", "datetime": "2026-11-25T10:00Z", "user_id": 1, '
+                            '"environment": "production"}'], "hitmetrics save: invalid hit: page contains a NUL"),
     ],
 )  # fmt: skip
 def test_bad_arguments_fail_before_connecting(capsys, monkeypatch, argv: list[str], message: str) -> None:

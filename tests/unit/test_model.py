@@ -59,6 +59,7 @@ def test_datetimes_are_rfc_3339_and_normalized_to_utc(text, expected):
         ({"datetime": 1764065700}, "is not a date and time string"),
         ({"datetime": "0001-01-01T00:00:00+01:00"}, "is outside the years 1000 to 9998"),
         ({"datetime": "9999-12-31T23:00:00"}, "is outside the years 1000 to 9998"),
+        ({"page": "/a\x00b"}, "page contains a NUL character (U+0000), which the rollup database cannot store"),
         ({"user_id": ...}, "user_id is missing"),
         ({"user_id": True}, "user_id True is not an integer"),
         ({"user_id": 12.5}, "user_id 12.5 is not an integer"),
@@ -168,3 +169,8 @@ def test_hit_document_mapping_is_strict_with_lineage():
 
 def test_user_key_is_only_read_from_doc_values():
     assert Hit._doc_type.mapping.to_dict()["properties"]["user_key"] == {"type": "long", "index": False}
+
+
+@pytest.mark.parametrize("control", ["\x01", "\t", "\n", "\x1f", "\x7f", "\u2028"])
+def test_control_characters_other_than_nul_are_accepted_in_a_page(control):
+    assert validate_hit(hit(page=f"/a{control}b"), ENVS).page == f"/a{control}b"

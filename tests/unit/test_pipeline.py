@@ -25,6 +25,9 @@ def test_a_scheduled_run_loads_the_day_before_and_a_manual_one_must_name_its_day
             pipeline.plan_run(settings, requested_day=unreadable, run_after=NIGHT, manual=True)
     with pytest.raises(ConfigError, match="'2026-02-30' is not a date"):
         pipeline.plan_run(settings, requested_day="2026-02-30", run_after=NIGHT, manual=True)
+    for far in ("0001-01-01", "9999-12-31"):  # the calendar's ends: one line, before anything is done
+        with pytest.raises(ConfigError, match=f"day: day {far} is outside the years 1000 to 9998"):
+            pipeline.plan_run(settings, requested_day=far, run_after=NIGHT, manual=True)
 
 
 def test_a_landing_folder_is_there_once_it_and_its_marker_exist(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hitmetrics import query as q
 from hitmetrics.config import Settings
@@ -169,3 +171,33 @@ def test_writers_show_datetimes_in_the_time_zone_with_offsets() -> None:
     buckets_out = io.StringIO()
     q.write_histogram_csv([q.Bucket(dt.datetime(2026, 10, 25, 2, tzinfo=BERLIN), 3, 2)], buckets_out)
     assert buckets_out.getvalue() == "bucket_start,hits,unique_users\n2026-10-25T02:00:00+02:00,3,2\n"
+
+
+_ANY_INSTANT = st.datetimes(min_value=dt.datetime.min, max_value=dt.datetime.max)
+_OFFSETS = st.integers(-14 * 60, 14 * 60).map(lambda minutes: dt.timezone(dt.timedelta(minutes=minutes)))
+
+
+@given(start=_ANY_INSTANT, end=_ANY_INSTANT, offset=_OFFSETS, zone=st.sampled_from(["UTC", "Pacific/Kiritimati",
+       "Pacific/Pago_Pago", "Europe/Berlin"]), interval=st.sampled_from(["1m", "30m", "1h", "1d", "7d"]))  # fmt: skip
+def test_any_instant_at_any_offset_is_a_query_or_one_refusal(start, end, offset, zone, interval) -> None:
+    """Over the whole datetime range, both ends and every offset: an instant is refused with a QueryError, or its
+    query and its histogram windows are built; never an OverflowError."""
+    tz = ZoneInfo(zone)
+    texts = [start.isoformat(timespec="minutes"), start.replace(tzinfo=offset).isoformat(timespec="minutes"),
+             end.date().isoformat()]  # fmt: skip
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(q.parse_instant(text, tz))
+        except q.QueryError as error:
+            assert (
+                "outside the years 1000 to 9998" in str(error)
+                or "does not exist" in str(error)
+                or "twice" in str(error)
+            )
+    if len(parsed) >= 2:
+        low, high = sorted(parsed[:2], key=lambda instant: instant.astimezone(dt.UTC))
+        if low < high:
+            query = q.HitQuery(None, None, None, low, high)
+            q.es_query(query)
+            assert q.histogram_windows(query, tz, q.parse_interval(interval))
