@@ -213,6 +213,7 @@ class ShardReport:
     # The settings each index had before this shard tuned it, for `finish_load` to put back.
     previous_settings: dict[str, IndexSettings] = field(default_factory=dict)
     seconds: float = 0.0
+    stamps: dict[str, str] = field(default_factory=dict)  # each file's `file_stamp` as it was read (before and after)
 
     def summary(self) -> str:
         return (
@@ -247,7 +248,7 @@ class LoadReport:
     seconds: float = 0.0
     shards: int = 1
     incremental: bool = False  # only some files of the folder were loaded (new or changed ones: `plan_load`)
-    stamps: dict[str, str] = field(default_factory=dict)  # each loaded file's `file_stamp` when it was planned
+    stamps: dict[str, str] = field(default_factory=dict)  # each loaded file's `file_stamp` as it was read
 
     @property
     def reject_ratio(self) -> float:
@@ -517,7 +518,9 @@ def finish_load(
         scope, what = {"terms": {"source_file": sorted(stamps)}}, f"{len(stamps)} file(s) of {folder_prefix}"
     else:
         scope, what = {"prefix": {"source_file": folder_prefix}}, folder_prefix
-    report.incremental, report.stamps = plan.incremental, stamps
+    # The manifest records each file as it was read (a file changed since the plan was read as it is now).
+    report.incremental = plan.incremental
+    report.stamps = {**stamps, **{name: stamp for shard in shards for name, stamp in shard.stamps.items()}}
     attempts = [shard.attempt_id for shard in shards]
     es.indices.refresh(index=alias, ignore_unavailable=True)
     foreign = foreign_behind_alias(es, settings)  # the sweep and the count keep out of what is not ours
@@ -622,6 +625,9 @@ def _write_documents(
             source_file = file.source_file
             target = router(_id_prefix(source_file))
             fast = _fast_writer(source_file, load_id, environment_names, days, spans, target) if _fastpath else None
+            # A file changed while it is read (a shipper still writing, a file replaced) would load as a mix of two
+            # versions: its stamp before and after must agree, and the one read goes into the manifest.
+            before = file_stamp(file.path.stat())
             for batch in parse_batches(file, environments, fast):
                 for item in batch:
                     if type(item) is Reject:
@@ -648,6 +654,11 @@ def _write_documents(
                     yield take(index)
                 while sum(body.tell() for body in bodies.values()) >= BUFFERED_BYTES:
                     yield take(max(bodies, key=lambda name: bodies[name].tell()))
+            after = file_stamp(file.path.stat())
+            if after != before:
+                raise LoadError(f"{source_file} changed while it was read (size and time {before}, then {after}): "
+                                "the shard fails, and its retry reads one version of it whole")  # fmt: skip
+            report.stamps[source_file] = before
             files_done += 1
         for index, body in bodies.items():
             if body.docs:

@@ -1,5 +1,7 @@
 import datetime as dt
 import gzip
+import os
+import time
 from pathlib import Path
 
 import orjson
@@ -436,3 +438,29 @@ def test_settings_left_by_a_killed_load_are_repaired_by_the_next_one(es, setting
     es.indices.put_settings(index=index, settings=load.LOAD_SETTINGS)  # as a load killed with -9 leaves them
     load_landing_day(es, settings, DAY)
     assert index_settings(es, index) == template
+
+
+def test_a_file_changed_while_it_is_read_fails_the_shard_and_the_retry_loads_one_version(
+    es, settings, index_prefix, monkeypatch
+):
+    """A shipper rewrites a file while the nightly reads it: the day must never hold a mix of the two versions."""
+    path = write(settings, "a.jsonl", [hit(user_id=n) for n in range(300)])
+    real_parse = load.parse_batches
+    rewritten = []
+
+    def parse_while_the_shipper_writes(*args, **kwargs):
+        for number, batch in enumerate(real_parse(*args, **kwargs)):
+            if number == 0 and not rewritten:  # the first line changed, 500 lines appended
+                write(settings, "a.jsonl", [hit(page="/changed", user_id=0)] + [hit(user_id=n) for n in range(1, 800)])
+                os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a later time, whatever the clock
+                rewritten.append(True)
+            yield batch
+
+    monkeypatch.setattr(load, "parse_batches", parse_while_the_shipper_writes)
+    with pytest.raises(LoadError, match=r"2026-11-25/a.jsonl changed while it was read .* its retry reads one"):
+        load_landing_day(es, settings, DAY)
+    report = load_landing_day(es, settings, DAY)  # the retry, once the file is still
+    docs = stored(es, index_prefix)
+    assert report.loaded == len(docs) == 800
+    assert sorted(d[1] for d in docs.values()).count("/changed") == 1
+    assert report.stamps == {"2026-11-25/a.jsonl": load.file_stamp(path.stat())}
