@@ -114,7 +114,7 @@ def test_a_day_without_its_index_has_no_visits_to_publish(es: Elasticsearch, ind
     assert found is None
 
 
-def test_the_walk_in_many_ranges_of_users_gives_the_same_visits(
+def test_a_read_in_many_pages_and_slices_gives_the_same_visits(
     es: Elasticsearch, index_prefix: str, monkeypatch
 ) -> None:
     from hitmetrics import visits
@@ -122,7 +122,8 @@ def test_the_walk_in_many_ranges_of_users_gives_the_same_visits(
     day, tz = dt.date(2026, 10, 25), "Europe/Berlin"
     hits = random_hits(day, tz, seed=3)
     load(es, index_prefix, hits, tz)
-    monkeypatch.setattr(visits, "HITS_PER_RANGE", 40)  # about 15 ranges of the 25 users
+    monkeypatch.setattr(visits, "READ_PAGE", 40)  # many pages of each of the slices
+    monkeypatch.setattr(visits, "READ_SLICES", 3)
     assert visits_of(es, index_prefix, day, tz) == expected(hits, day, tz)
 
 
@@ -162,5 +163,12 @@ def test_user_ids_at_both_ends_of_the_integer_range(
     hits = [Hit("/a" if n % 2 else "/b", noon + dt.timedelta(minutes=7 * n % 200), user)
             for n, user in enumerate(ids * 3)]  # fmt: skip
     load(es, index_prefix, hits, tz)
-    monkeypatch.setattr(visits, "HITS_PER_RANGE", 50)  # many ranges, the last one ending at the top id
+    monkeypatch.setattr(visits, "USERS_PER_REQUEST", 2)  # many terms filters of users
     assert visits_of(es, index_prefix, day, tz) == expected(hits, day, tz)
+
+
+def test_a_day_whose_index_is_empty_has_no_visits(es: Elasticsearch, index_prefix: str) -> None:
+    make_index(es, index_prefix, dt.date(2026, 11, 25), "production", [])
+    found = day_visits(es, lambda d: indexes.index_name(index_prefix, d, "production"), dt.date(2026, 11, 25),
+                       "production", "UTC", GAP)  # fmt: skip
+    assert found is not None and found.summary is None and found.pages == [] and not found.carried_through
