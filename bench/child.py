@@ -86,7 +86,6 @@ def run_dag(arguments: dict[str, Any]) -> dict[str, Any]:
         "HITS_DATA_DIR": arguments["data_dir"],
         "HITS_INDEX_PREFIX": arguments["index_prefix"],
         "HITS_ROLLUPS_URL": arguments["rollups_url"],
-        "HITS_ROLLUPS_DEADLINE": "off",  # dag.test() of a DAG with a deadline fails in Airflow 3.3.2 (README)
     })  # fmt: skip
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db

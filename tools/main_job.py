@@ -28,9 +28,6 @@ def airflow_env(data_dir: Path) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "HITS_DATA_DIR": str(data_dir),
-        # `airflow dags test` of a DAG with a deadline fails once the run succeeds in Airflow 3.3.2 (README, The
-        # DAGs): the in-process run goes without the rollups' deadline alert.
-        "HITS_ROLLUPS_DEADLINE": "off",
     }
 
 

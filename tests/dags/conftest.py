@@ -14,10 +14,8 @@ def airflow_db() -> None:
 
 @pytest.fixture(scope="session")
 def dagbag(airflow_db):
-    """The DAGs as `dag.test()` can run them: without hits_nightly's deadline alert, whose successful `dag.test()`
-    run fails in Airflow 3.3.2 (see `rollups_deadline`; test_hits_nightly.py checks the alert itself)."""
+    """The DAGs with every setting at its default: hits_nightly keeps its deadline alert, and `dag.test()` runs
+    without it (`tested_without_deadline`)."""
     from airflow.dag_processing.dagbag import DagBag
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HITS_ROLLUPS_DEADLINE", "off")
-        return DagBag()
+    return DagBag()

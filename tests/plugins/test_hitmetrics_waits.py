@@ -80,7 +80,8 @@ def test_a_missed_deadline_posts_to_the_alerts_webhook(monkeypatch: pytest.Monke
                    "extra": {"scheme": "http", "path": "/alerts"}}  # fmt: skip
         monkeypatch.setenv("AIRFLOW_CONN_HITS_ALERTS", json.dumps(webhook))
         # The context the scheduler gives a DeadlineAlert callback.
-        run = {"dag_id": "hits_nightly", "dag_run_id": "scheduled__2026-12-01", "partition_key": "2026-11-30"}
+        run = {"dag_id": "hits_nightly", "dag_run_id": "scheduled__2026-12-01", "partition_key": "2026-11-30",
+               "state": "running"}  # fmt: skip
         context = {"dag_run": run, "deadline": {"id": "1", "deadline_time": "2026-12-01T06:00:00+00:00"}}
         asyncio.run(rollups_late(context=context))
     finally:
@@ -93,3 +94,15 @@ def test_a_missed_deadline_posts_to_the_alerts_webhook(monkeypatch: pytest.Monke
     )
     assert "has not published its rollups by its deadline" in received[0]["text"]
     assert "has not published its rollups" in caplog.text
+
+
+@pytest.mark.parametrize("state", ["failed", "success"])
+def test_a_run_that_already_ended_fires_no_alert(monkeypatch, caplog, state: str) -> None:
+    posted: list[str] = []
+    monkeypatch.setattr("hitmetrics_waits._alerts_url", lambda: "http://127.0.0.1:9/never")
+    monkeypatch.setattr("hitmetrics_waits._post", lambda url, body: posted.append(url))
+    run = {"dag_id": "hits_nightly", "dag_run_id": "manual__x", "partition_key": None, "state": state}
+    with caplog.at_level("INFO"):
+        asyncio.run(rollups_late(context={"dag_run": run, "deadline": {"deadline_time": "2026-12-01T06:00:00Z"}}))
+    assert posted == [] and f"ended {state} before its deadline" in caplog.text
+    assert "has not published its rollups" not in caplog.text
