@@ -1,6 +1,7 @@
 # The common commands. Each one sets up what it needs first (scripts/setup.sh is idempotent).
 PY := .venv/bin/python
-PORT ?= 9200
+# The local Elasticsearch node's port is HITS_ES_PORT (default 9200) for every target, as for `hitmetrics`:
+# `make run HITS_ES_PORT=9250` (a variable given to make reaches every command it runs).
 AIRFLOW_PORT ?= 8080
 BI_PORT ?= 8088
 
@@ -22,8 +23,8 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-node-start: setup ## the local Elasticsearch node on 127.0.0.1:$(PORT), data under .data/elasticsearch
-	$(PY) -m tools.esnode start --port $(PORT)
+node-start: setup ## the local Elasticsearch node on 127.0.0.1:$${HITS_ES_PORT:-9200}, data under .data/elasticsearch
+	$(PY) -m tools.esnode start
 
 node-status:
 	@$(PY) -m tools.esnode status

@@ -317,7 +317,10 @@ def _launch(port: int, data_dir: Path, heap: str, settings: dict[str, str]) -> t
     options = jvm_options(heap)
     java = _java()
     if _port_taken(port):
-        raise NodeError(f"port {port} on 127.0.0.1 is already taken by another program: choose another with --port")
+        raise NodeError(
+            f"port {port} on 127.0.0.1 is already taken by another program: choose another with "
+            f"HITS_ES_PORT (make run HITS_ES_PORT={port + 50}, or --port)"
+        )
     transport = int(settings.get("transport.port", "0"))
     if transport and _port_taken(transport):
         raise NodeError(f"transport port {transport} on 127.0.0.1 is already taken: choose another --port")

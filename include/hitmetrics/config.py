@@ -44,7 +44,7 @@ class Settings:
     index_prefix: str = "hits"
     retention_days: int | None = None
     max_reject_ratio: float = 0.01
-    es_url: str = DEFAULT_ES_URL
+    es_url: str = DEFAULT_ES_URL  # HITS_ES_URL, else the local node on HITS_ES_PORT (`local_es_url`)
     rollups_url: str = field(default="")
     rejects: str = ""  # a folder or object-storage URL; empty: $HITS_DATA_DIR/rejects
     replicas: str = "0-1"  # per daily index: a count, or a range fitted to the nodes there are
@@ -119,6 +119,18 @@ class Settings:
         return self.rollups_url or f"sqlite:///{self.data_dir / 'rollups.sqlite'}"
 
 
+def local_es_url(environ: Mapping[str, str] | None = None) -> str:
+    """The local node's URL: on `HITS_ES_PORT` (default 9200), the one port setting every entry point honours
+    (`make run`, `make airflow`, `make node-start`, `hitmetrics`) when `HITS_ES_URL` names no other cluster."""
+    env = os.environ if environ is None else environ
+    port = env.get("HITS_ES_PORT", "").strip()
+    if not port:
+        return DEFAULT_ES_URL
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"HITS_ES_PORT: {port!r} is not a TCP port (1 to 65535)")
+    return f"http://127.0.0.1:{int(port)}"
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the `HITS_*` environment variables; unset ones keep their defaults."""
     env = os.environ if environ is None else environ
@@ -146,7 +158,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         index_prefix=env.get("HITS_INDEX_PREFIX") or "hits",
         retention_days=number("HITS_RETENTION_DAYS", int, None),  # type: ignore[arg-type]
         max_reject_ratio=number("HITS_MAX_REJECT_RATIO", float, 0.01),  # type: ignore[arg-type]
-        es_url=env.get("HITS_ES_URL") or DEFAULT_ES_URL,
+        es_url=env.get("HITS_ES_URL") or local_es_url(env),
         rollups_url=env.get("HITS_ROLLUPS_URL", ""),
         rejects=env.get("HITS_REJECTS", ""),
         replicas=env.get("HITS_ES_REPLICAS", "").strip() or Settings.replicas,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
@@ -103,7 +104,7 @@ def validate_hit(raw: Mapping[str, Any], environments: Collection[str]) -> HitRe
     if instant is _MISSING:
         problems.append("datetime is missing")
     elif not isinstance(instant, str):
-        problems.append(f"datetime {_shorten(repr(instant))} is not a date and time string")
+        problems.append(f"datetime {_shown(instant)} is not a date and time string")
     else:
         try:
             instant = parse_datetime(instant)
@@ -114,7 +115,7 @@ def validate_hit(raw: Mapping[str, Any], environments: Collection[str]) -> HitRe
     if user_id is _MISSING:
         problems.append("user_id is missing")
     elif type(user_id) is not int:  # not isinstance: true/false are bools, a subclass of int
-        problems.append(f"user_id {_shorten(repr(user_id))} is not an integer")
+        problems.append(f"user_id {_shown(user_id)} is not an integer")
     elif not 0 <= user_id <= MAX_USER_ID:
         problems.append(f"user_id {user_id} is outside 0..{MAX_USER_ID}")
 
@@ -122,7 +123,7 @@ def validate_hit(raw: Mapping[str, Any], environments: Collection[str]) -> HitRe
     if environment is _MISSING:
         problems.append("environment is missing")
     elif not isinstance(environment, str) or environment not in environments:
-        problems.append(f"environment {_shorten(repr(environment))} is not one of {', '.join(sorted(environments))}")
+        problems.append(f"environment {_shown(environment)} is not one of {', '.join(sorted(environments))}")
 
     if problems:
         raise InvalidHit("; ".join(problems))
@@ -201,6 +202,17 @@ def parse_datetime(text: str) -> dt.datetime:
     zone = dt.timezone(-offset if sign == "-" else offset)
     time = dt.time(int(hour), int(minute), int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), zone)
     return dt.datetime.combine(date, time).astimezone(dt.UTC)
+
+
+def _shown(value: object) -> str:
+    """A field's value in a reason as the record wrote it: JSON's words for what JSON decoded (`true`, `null`,
+    `[1, 2]`), a string quoted, shortened."""
+    if isinstance(value, str) or type(value) in (int, float):
+        return _shorten(repr(value))
+    try:
+        return _shorten(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
+    except (TypeError, ValueError):
+        return _shorten(repr(value))
 
 
 def _shorten(text: str, limit: int = 60) -> str:

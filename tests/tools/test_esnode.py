@@ -64,7 +64,7 @@ def test_port_already_taken_is_one_line(node_dir: Path) -> None:
     assert result.returncode == 1
     assert (
         result.stderr.strip() == f"error: port {port} on 127.0.0.1 is already taken by another program: "
-        "choose another with --port"
+        f"choose another with HITS_ES_PORT (make run HITS_ES_PORT={port + 50}, or --port)"
     )
 
 

@@ -258,3 +258,12 @@ def test_progress_passes_items_through_and_reports_how_far() -> None:
     quiet = io.StringIO()
     assert list(cli.with_progress(iter("ab"), None, "buckets", quiet, every_s=3600)) == ["a", "b"]
     assert quiet.getvalue() == "exported 2 buckets\n"
+
+
+def test_hits_es_port_chooses_the_local_node_it_talks_to(capsys, monkeypatch, fake_es) -> None:
+    url, _ = fake_es
+    monkeypatch.delenv("HITS_ES_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_HITS_ELASTICSEARCH", raising=False)
+    monkeypatch.setenv("HITS_ES_PORT", url.rsplit(":", 1)[1])
+    status, out, _ = _run(capsys, "connect")
+    assert status == 0 and out.startswith(f"{url}: cluster ")  # the node on HITS_ES_PORT, named

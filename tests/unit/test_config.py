@@ -74,3 +74,11 @@ def test_a_cluster_is_its_nodes_comma_separated():
 def test_the_landing_wait_may_run_into_the_second_day_and_the_deadline_may_be_off():
     settings = load_settings({"HITS_LANDING_WAIT_UNTIL": "47:59", "HITS_ROLLUPS_DEADLINE": "off"})
     assert (settings.landing_wait_until, settings.rollups_deadline) == ("47:59", "off")
+
+
+def test_the_local_node_port_is_one_setting_for_every_entry_point() -> None:
+    assert load_settings({}).es_url == "http://127.0.0.1:9200"
+    assert load_settings({"HITS_ES_PORT": "9250"}).es_url == "http://127.0.0.1:9250"
+    assert load_settings({"HITS_ES_PORT": "9250", "HITS_ES_URL": "http://es:9200"}).es_url == "http://es:9200"
+    with pytest.raises(ConfigError, match="HITS_ES_PORT: 'nine' is not a TCP port"):
+        load_settings({"HITS_ES_PORT": "nine"})

@@ -61,7 +61,9 @@ def test_datetimes_are_rfc_3339_and_normalized_to_utc(text, expected):
         ({"datetime": "9999-12-31T23:00:00"}, "is outside the years 1000 to 9998"),
         ({"page": "/a\x00b"}, "page contains a NUL character (U+0000), which the rollup database cannot store"),
         ({"user_id": ...}, "user_id is missing"),
-        ({"user_id": True}, "user_id True is not an integer"),
+        ({"user_id": True}, "user_id true is not an integer"),  # in JSON's words, as the record wrote it
+        ({"user_id": [1]}, "user_id [1] is not an integer"),
+        ({"datetime": None}, "datetime null is not a date and time string"),
         ({"user_id": 12.5}, "user_id 12.5 is not an integer"),
         ({"user_id": 12.0}, "user_id 12.0 is not an integer"),
         ({"user_id": "42"}, "user_id '42' is not an integer"),
@@ -108,7 +110,7 @@ def test_what_is_not_a_datetime_says_why(text, expected):
 
 def test_every_problem_of_a_record_is_named():
     assert reason({"page": "", "user_id": None}) == (
-        "page must be a non-empty string; datetime is missing; user_id None is not an integer; environment is missing"
+        "page must be a non-empty string; datetime is missing; user_id null is not an integer; environment is missing"
     )
 
 
