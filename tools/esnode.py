@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,14 +375,19 @@ def stop(data_dir: Path | None = None, timeout: float = 60) -> NodeInfo | None:
     info = running(data_dir)
     if info is None:
         return None
-    os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(info.pid):
-        os.kill(info.pid, signal.SIGKILL)
+    terminate(info.pid, _alive, timeout)
     _pid_file(info.data_dir).unlink(missing_ok=True)
     return info
+
+
+def terminate(pid: int, alive: Callable[[int], bool], timeout: float) -> None:
+    """SIGTERM `pid`, and SIGKILL it if `alive(pid)` still holds after `timeout` seconds."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.esnode import NodeError, _java, _port_taken
+from tools.esnode import NodeError, _java, _port_taken, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = REPO / "s3-node"
@@ -178,12 +177,7 @@ def stop(data_dir: Path | None = None, timeout: float = 20) -> S3Info | None:
     info = running(data_dir)
     if info is None:
         return None
-    os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(info.pid):
-        os.kill(info.pid, signal.SIGKILL)
+    terminate(info.pid, _alive, timeout)
     (info.data_dir / "server.json").unlink(missing_ok=True)
     return info
 

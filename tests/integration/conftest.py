@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-from hitmetrics import bulk
+from hitmetrics import bulk, pipeline
 from hitmetrics.config import Settings
+from hitmetrics.ingest import landing_root
 from hitmetrics.rollup import create_tables, engine_for
 from tools.testing import service_missing
 
@@ -53,3 +55,17 @@ def settings(tmp_path: Path, index_prefix: str) -> Settings:
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries at once: a test of the loader's retries need not wait for them."""
     monkeypatch.setattr(bulk, "INITIAL_BACKOFF_S", 0.0)
+
+
+def run_nightly(es, settings: Settings, day: dt.date) -> dict:
+    """The nightly's tasks for landing `day`, one after another in this process as the DAG chains them (load,
+    aggregate, publish to `settings.rollups_database_url`); the load report."""
+    landing, rejects = landing_root(settings.landing), landing_root(settings.rejects_location)
+    url = settings.rollups_database_url
+    plan = pipeline.plan_run(settings, requested_day=day.isoformat(), run_after=dt.datetime.now(dt.UTC))
+    pipeline.prepare_indexes(es, settings, plan)
+    shards = pipeline.plan_load(settings, plan, landing)
+    written = [pipeline.load_shard(es, settings, shard, landing, rejects) for shard in shards]
+    report = pipeline.report_dict(pipeline.finish_load(es, settings, shards, written, rejects))
+    pipeline.publish_rollups(es, settings, url, pipeline.aggregate_partitions(es, settings, plan, report, url), report)
+    return report

@@ -8,10 +8,12 @@ import datetime as dt
 import orjson
 from sqlalchemy import Engine, select
 
-from hitmetrics import cli, dashboard, pipeline, rollup
+from hitmetrics import cli, dashboard, rollup
 from hitmetrics.config import Settings
 from hitmetrics.ingest import landing_root
 from hitmetrics.model import NUL_IN_PAGE
+
+from .conftest import run_nightly
 
 DAY = dt.date(2026, 11, 25)
 CONTROL_PAGES = ["/ctl\x01", "/tab\tpage", "/line\nbreak", "/del\x7f", "/unit\x1fsep"]
@@ -33,14 +35,7 @@ def test_nul_is_rejected_on_every_path_and_control_characters_are_published(
     url = engine.url.render_as_string(hide_password=False)
     settings = Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix=index_prefix,
                         environments=("production",), max_reject_ratio=1, rollups_url=url)  # fmt: skip
-    landing, rejects = landing_root(settings.landing), landing_root(settings.rejects_location)
-    plan = pipeline.plan_run(settings, requested_day=DAY.isoformat(), run_after=dt.datetime.now(dt.UTC))
-    pipeline.prepare_indexes(es, settings, plan)
-    shards = pipeline.plan_load(settings, plan, landing)
-    written = [pipeline.load_shard(es, settings, shard, landing, rejects) for shard in shards]
-    report = pipeline.report_dict(pipeline.finish_load(es, settings, shards, written, rejects))
-    staged = pipeline.aggregate_partitions(es, settings, plan, report, url)
-    pipeline.publish_rollups(es, settings, url, staged, report)
+    report = run_nightly(es, settings, DAY)
 
     assert (report["read"], report["loaded"], report["rejected"]) == (len(good) + 4, len(good) + 1, 3)
     reasons = [orjson.loads(line) for line in landing_root(report["rejects_file"]).read_bytes().splitlines()]

@@ -13,6 +13,8 @@ from hitmetrics import pipeline, rollup
 from hitmetrics.config import Settings
 from hitmetrics.ingest import landing_root
 
+from .conftest import run_nightly
+
 DAY = dt.date(2026, 11, 25)
 
 
@@ -140,11 +142,7 @@ def test_a_crawler_across_three_days_and_ids_at_the_integer_ends_through_the_nig
     top = 2**31 - 1
     settings = Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix=index_prefix,
                         environments=("production",))  # fmt: skip
-    url, landing, rejects = (
-        settings.rollups_database_url,
-        landing_root(settings.landing),
-        landing_root(settings.rejects),
-    )
+    url = settings.rollups_database_url
     start = dt.datetime(2026, 11, 25, 23, 30, tzinfo=dt.UTC)
     crawler = [start + dt.timedelta(minutes=10 * n) for n in range(2 * 24 * 6 + 3)]  # to 2026-11-27 23:50
     for offset in range(3):
@@ -155,13 +153,7 @@ def test_a_crawler_across_three_days_and_ids_at_the_integer_ends_through_the_nig
                  for n, user in enumerate([0, 1, top - 1, top])]  # fmt: skip
         (tmp_path / "landing" / day.isoformat()).mkdir(parents=True)
         write_hits(tmp_path / "landing" / day.isoformat() / "hits.jsonl", hits)
-        plan = pipeline.plan_run(settings, requested_day=day.isoformat(), run_after=dt.datetime.now(dt.UTC))
-        pipeline.prepare_indexes(es, settings, plan)
-        shards = pipeline.plan_load(settings, plan, landing)
-        written = [pipeline.load_shard(es, settings, shard, landing, rejects) for shard in shards]
-        values = pipeline.report_dict(pipeline.finish_load(es, settings, shards, written, rejects))
-        staged = pipeline.aggregate_partitions(es, settings, plan, values, url)
-        pipeline.publish_rollups(es, settings, url, staged, values)
+        run_nightly(es, settings, day)
 
     engine = rollup.engine_for(url)
     with engine.connect() as conn:
