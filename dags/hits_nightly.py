@@ -82,8 +82,10 @@ TAGS = ["hitmetrics", "elasticsearch", "rollups"]
 # one at a time loads and publishes (the lock_writes task).
 MAX_ACTIVE_RUNS = 4
 
+# The years a hit may have, 1000 to 9998: a day past them is refused when the run is triggered.
+YEARS_OF_HITS = r"^(1\d{3}|[2-8]\d{3}|9[0-8]\d\d|99[0-8]\d|999[0-8])-"
 PARAMS = {
-    "day": Param(None, type=["null", "string"], format="date", title="Landing day",
+    "day": Param(None, type=["null", "string"], format="date", pattern=YEARS_OF_HITS, title="Landing day",
                  description="YYYY-MM-DD; a manual run must name it (scheduled runs load the day before the run)"),
     "environments": Param([], type=["null", "array"], items={"type": "string"}, title="Environments",
                           description="One per line; empty: every configured environment"),

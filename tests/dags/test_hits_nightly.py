@@ -193,16 +193,33 @@ def test_each_scheduled_run_is_the_partition_of_the_local_day_before(monkeypatch
 @pytest.mark.parametrize(("clock", "after_queued"), [("06:00", dt.timedelta(hours=4, minutes=30)),
                                                      ("01:00", dt.timedelta(hours=23, minutes=30))])  # fmt: skip
 def test_the_deadline_alert_fires_at_the_local_time_set(clock: str, after_queued: dt.timedelta) -> None:
-    import sys
-
     from airflow.sdk import AsyncCallback, DeadlineReference
+
+    hits_nightly = nightly_module()
+    alert = hits_nightly.rollups_deadline(clock)
+    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT and alert.interval == after_queued
+    assert alert.callback == AsyncCallback("hitmetrics_waits.rollups_late")
+    assert hits_nightly.rollups_deadline("off") is None
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "0999-12-31", "9999-01-01", "9999-12-31"])
+def test_a_day_past_the_years_of_hits_is_refused_when_triggered(day: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = nightly_module().PARAMS
+    with pytest.raises(ParamValidationError):
+        params["day"].resolve(day)
+    for fine in ("1000-01-01", "2026-11-25", "9998-12-31", None):
+        params["day"].resolve(fine)
+
+
+def nightly_module():
+    """The DAG file as a module, to test its helpers and parameters."""
+    import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
     try:
         import hits_nightly
     finally:
         sys.path.pop(0)
-    alert = hits_nightly.rollups_deadline(clock)
-    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT and alert.interval == after_queued
-    assert alert.callback == AsyncCallback("hitmetrics_waits.rollups_late")
-    assert hits_nightly.rollups_deadline("off") is None
+    return hits_nightly
