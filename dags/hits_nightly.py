@@ -13,7 +13,7 @@ days' visits; an event of the `hits_daily_rollups` asset per published day, whic
 `hits_monthly`). A run not published by `HITS_ROLLUPS_DEADLINE` (06:00 local) fires a deadline alert (the
 `hits_alerts` connection's webhook).
 
-**Trigger with parameters** (Trigger DAG → advanced):
+**Trigger with parameters** (Trigger → Run Parameters; the date picker follows the browser's language):
 - `day`: the landing folder `<HITS_LANDING>/<day>/` to load. A manual run must name it: without a valid date it
   fails at once with one line, and so does a day whose folder (or marker) is not there: a manual run never waits,
   and nothing is created. A scheduled run loads the local day before the run, waiting for it if it is late.

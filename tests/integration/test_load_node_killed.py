@@ -43,6 +43,7 @@ def test_a_load_cut_off_by_a_killed_node_ends_exact_when_retried(own_node, tmp_p
     # Small bulk bodies so the kill lands mid-load, and short backoff so the cut-off attempt gives up quickly.
     monkeypatch.setattr(load, "CHUNK_BYTES", 256 << 10)
     monkeypatch.setattr(bulk, "INITIAL_BACKOFF_S", 0.05)
+    monkeypatch.setattr(bulk, "RETRY_BUDGET_S", 3.0)  # the node stays dead: no need to wait the 300 s for it
     settings = Settings(data_dir=tmp_path / "data", landing=str(tmp_path / "landing"), index_prefix="killed")
     sample = generate_day(tmp_path / "landing", DAY, hits=HITS, pages=300, users=2000, bad_lines=0)
     es = Elasticsearch(own_node.url, request_timeout=30, max_retries=0)
