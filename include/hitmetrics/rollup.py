@@ -346,9 +346,9 @@ def engine_for(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the rollup tables that do not exist yet (with their comments on PostgreSQL), the staging ones too."""
-    from hitmetrics import locks, staging  # noqa: F401 - their tables join `metadata` on import (they import this)
-
+    """Create the rollup tables that do not exist yet (with their comments on PostgreSQL), and those of the modules
+    above this one that are imported (`staging`, `locks`: theirs join `metadata` when they are imported; importing
+    them here would make a circle)."""
     metadata.create_all(engine)
     add_missing_columns(engine, hits_loads)
 
