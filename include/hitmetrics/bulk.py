@@ -85,7 +85,7 @@ class BackPressure:
     def wait(self, attempt: int, waited_s: float, cause: str) -> float:
         """Sleep before retry `attempt` (from 0) of a request that has waited `waited_s` so far; returns its new
         total. Raises LoadError, naming `cause`, when that would pass the budget."""
-        cap = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2**attempt)
+        cap = min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * 2 ** min(attempt, 32))
         pause = random.uniform(cap / 2, cap)
         if waited_s + pause > RETRY_BUDGET_S:
             raise LoadError(
