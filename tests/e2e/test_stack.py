@@ -66,15 +66,15 @@ def task_instances(running: stack.Stack, run_id: str) -> list[dict]:
     return api(running, "GET", f"/dags/{NIGHTLY}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
 
-def wait_for(running: stack.Stack, run_id: str, until=None) -> str:
-    """Poll the run until it ends (or `until(task_instances)` holds); returns its state."""
+def wait_for(running: stack.Stack, run_id: str) -> str:
+    """Poll the run until it ends; returns its state."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         for other in api(running, "GET", f"/dags/{NIGHTLY}/dagRuns")["dag_runs"]:
             if other["run_type"] == "scheduled" and other["state"] in ("queued", "running"):
                 api(running, "PATCH", f"/dags/{NIGHTLY}/dagRuns/{other['dag_run_id']}", {"state": "failed"})
         state = api(running, "GET", f"/dags/{NIGHTLY}/dagRuns/{run_id}")["state"]
-        if state in ("success", "failed") or (until and until(task_instances(running, run_id))):
+        if state in ("success", "failed"):
             return state
         time.sleep(2)
     pytest.fail(f"run {run_id} did not end in {RUN_TIMEOUT_S}s: {task_instances(running, run_id)}")
@@ -93,6 +93,22 @@ def task_log(running: stack.Stack, run_id: str, ti: dict, try_number: int) -> st
             f"?map_index={ti['map_index']}&full_content=true")  # fmt: skip
     content = api(running, "GET", path)["content"]
     return "\n".join(line if isinstance(line, str) else str(line.get("event", "")) for line in content)
+
+
+def a_loading_shard(running: stack.Stack, run_id: str) -> dict:
+    """A shard of the run that is running and has begun loading (its try's log, on its worker's own disk, says
+    which shard it is): the moment to kill its worker mid-load."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for ti in task_instances(running, run_id):
+            if ti["task_id"] != "load_shard" or ti["state"] != "running" or not ti["hostname"]:
+                continue
+            task = f"dag_id={NIGHTLY}/run_id={run_id}/task_id=load_shard/map_index={ti['map_index']}"
+            log = running.root / ti["hostname"] / "logs" / task / f"attempt={ti['try_number']}.log"
+            if log.exists() and f"shard {ti['map_index'] + 1} of" in log.read_text(errors="replace"):
+                return ti
+        time.sleep(0.2)
+    pytest.fail(f"no shard of {run_id} was seen loading in {RUN_TIMEOUT_S}s")
 
 
 def assert_rollups_exact(running: stack.Stack, folder: Path, day: dt.date) -> None:
@@ -130,16 +146,9 @@ def test_a_day_fans_out_over_both_workers_and_survives_one_killed(running_stack:
 
     # Again for another day, with the worker of a running shard killed (-9, with its task processes).
     day = dt.date(2026, 11, 21)
-    folder = land(running_stack, tmp_path, day, hits=240_000, seed=11)
+    folder = land(running_stack, tmp_path, day, hits=400_000, seed=11)
     trigger(running_stack, day, "worker-killed")
-    running_shard: dict = {}
-
-    def a_shard_runs(instances: list[dict]) -> bool:
-        found = [ti for ti in instances if ti["task_id"] == "load_shard" and ti["state"] == "running"]
-        running_shard.update(found[0] if found else {})
-        return bool(found)
-
-    assert wait_for(running_stack, "worker-killed", until=a_shard_runs) == "running"
+    running_shard = a_loading_shard(running_stack, "worker-killed")
     victim = running_shard["hostname"]
     worker_pid = running_stack.processes[victim].pid
     killed = stack.kill_worker(running_stack, victim)
