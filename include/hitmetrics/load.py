@@ -7,9 +7,9 @@ retries after a load cut off half way and reloads of corrected folders all end w
 good records. Only server-core APIs are used (bulk, point in time, search_after, count), no `_delete_by_query`.
 
 A load can be fanned out (the DAG does, over workers): `plan_load` splits the folder's files into shards of about
-`HITS_SHARD_MB`, `load_shard` writes one shard (a retried shard writes again, under a new attempt id), and
-`finish_load`, given every shard's report, restores the index settings, merges the rejects files, sweeps,
-reconciles and reports the day. `load_landing_day` does all three in one process.
+`HITS_SHARD_MB` (`shards.py`), `load_shard` writes one shard (a retried shard writes again, under a new attempt id),
+and `finish_load`, given every shard's report, restores the index settings (`tuning.py`), merges the rejects
+files, sweeps, reconciles (`sweep.py`) and reports the day. `load_landing_day` does all three in one process.
 
 Speed: the usual records are parsed, checked and written onto the bulk bodies in C (`_fastpath.c`, built by
 `pip install -e .`), byte for byte as the Python way writes them. The Python way does the rest (all of it where the
@@ -27,32 +27,26 @@ import base64
 import ctypes
 import datetime as dt
 import hashlib
-import heapq
 import io
 import logging
-import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 import orjson
-from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch
-from elasticsearch import ConnectionError as ESConnectionError
+from elasticsearch import Elasticsearch
 
-from hitmetrics.bulk import CHUNK_BYTES, CHUNK_DOCS, Action, Chunk, LoadError, chunks_of, describe, send_chunks
+from hitmetrics.bulk import CHUNK_BYTES, CHUNK_DOCS, Chunk, LoadError, describe, send_chunks
 from hitmetrics.config import Settings
 from hitmetrics.indexes import (
     create_index,
     ensure_template,
     foreign_behind_alias,
     index_name,
-    index_settings,
-    parse_index_name,
 )
 from hitmetrics.ingest import (
     FastPath,
@@ -60,11 +54,24 @@ from hitmetrics.ingest import (
     LandingPath,
     MissingLandingDay,
     Reject,
-    find_day_files,
     landing_root,
     parse_batches,
 )
 from hitmetrics.rejects import RejectsError, RejectsFile, merge_rejects
+from hitmetrics.shards import (
+    LoadPlan,
+    LoadProgress,
+    LoadReport,
+    Partition,
+    Shard,
+    ShardReport,
+    file_stamp,
+    new_load_id,
+    plan_load,
+    split_into_shards,
+)
+from hitmetrics.sweep import ReconciliationError, _by_partition, _reconcile, _sweep_stale
+from hitmetrics.tuning import LOAD_SETTINGS, IndexSettings, _template_settings, _Tuner, restore_settings
 from hitmetrics.users import user_key
 
 try:
@@ -72,20 +79,26 @@ try:
 except ImportError:  # not built (no C compiler at install): the Python way does everything
     _fastpath = None
 
+# What callers use from here; the plan and reports (`shards`), the index settings (`tuning`) and the sweep
+# (`sweep`) are modules of their own.
 __all__ = [
+    "LOAD_SETTINGS",
     "LoadError",
     "LoadPlan",
     "LoadProgress",
     "LoadReport",
     "MissingLandingDay",
     "ReconciliationError",
+    "Shard",
     "ShardReport",
     "TooManyRejects",
+    "file_stamp",
     "finish_load",
     "load_landing_day",
     "load_shard",
     "new_load_id",
     "plan_load",
+    "split_into_shards",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,19 +116,6 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 PROGRESS_EVERY_S = 10.0
 LOGGED_REJECTS = 5  # the first rejects of a shard are in its log too; all of them are in the rejects file
-SWEEP_PAGE = 5_000
-
-# Index settings while a load writes: no refresh, the usual bulk-load tuning (replicas are left as they are, see
-# above). The settings they replace are put back afterwards; settings found equal to these were left by a load
-# that was killed before it could restore them, and are replaced by the template's.
-LOAD_SETTINGS = {"index.refresh_interval": "-1"}
-
-RESTORE_BATCH = 50  # index names per settings request, well under any URL length limit
-
-LOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
-
-Partition = tuple[dt.date, str]
-IndexSettings = dict[str, str | None]
 
 
 class _Source(msgspec.Struct):
@@ -130,165 +130,12 @@ class _Source(msgspec.Struct):
     load_id: str
 
 
-class ReconciliationError(LoadError):
-    """Elasticsearch does not hold exactly what was loaded."""
-
-
 class TooManyRejects(LoadError):
     """More records were rejected than `HITS_MAX_REJECT_RATIO` allows; the good ones are loaded."""
 
     def __init__(self, message: str, report: LoadReport) -> None:
         super().__init__(message)
         self.report = report
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One shard of a load: some of the landing day's files (`source_file` names), for one task to write."""
-
-    landing_day: dt.date
-    load_id: str
-    number: int  # from 0; logs count from 1
-    count: int  # shards of the load
-    files: tuple[str, ...]
-    bytes: int
-    stamps: tuple[str, ...] = ()  # each file's size and modification time when planned (`file_stamp`)
-    incremental: bool = False  # the load is of some of the folder's files (`plan_load`'s `loaded`), not all
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly values, for XCom."""
-        return {**self.__dict__, "landing_day": self.landing_day.isoformat(), "files": list(self.files),
-                "stamps": list(self.stamps)}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Shard:
-        return cls(**{**values, "landing_day": dt.date.fromisoformat(values["landing_day"]),
-                      "files": tuple(values["files"]), "stamps": tuple(values.get("stamps", ()))})  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """A landing day's load: its id and its files in shards of about even bytes.
-
-    There is always at least one shard, empty for an empty or (with `missing_ok`) removed folder: finishing it
-    removes what the folder contributed before.
-    """
-
-    landing_day: dt.date
-    load_id: str
-    shards: tuple[Shard, ...]
-
-    @classmethod
-    def of_shards(cls, shards: Sequence[Shard]) -> LoadPlan:
-        """The plan the shards (all of them, in any order) were cut from."""
-        ordered = tuple(sorted(shards, key=lambda shard: shard.number))
-        first = ordered[0]
-        if [shard.number for shard in ordered] != list(range(first.count)) or any(
-            (shard.landing_day, shard.load_id) != (first.landing_day, first.load_id) for shard in ordered
-        ):
-            raise LoadError(f"the shards given are not the {first.count} of load {first.load_id}")
-        return cls(landing_day=first.landing_day, load_id=first.load_id, shards=ordered)
-
-    @property
-    def incremental(self) -> bool:
-        return self.shards[0].incremental
-
-    def stamps(self) -> dict[str, str]:
-        """Each planned file's stamp (`file_stamp`), by `source_file`."""
-        return {name: stamp for shard in self.shards for name, stamp in zip(shard.files, shard.stamps, strict=True)}
-
-
-@dataclass
-class ShardReport:
-    """What one attempt at one shard wrote. Always `read == loaded + rejected`."""
-
-    shard: int  # its `Shard.number`
-    attempt_id: str  # the `load_id` on every document it wrote
-    files: int = 0
-    read: int = 0
-    loaded: int = 0
-    rejected: int = 0
-    rejects_file: str | None = None  # a path or URL; merged into the day's by `finish_load`
-    written: dict[str, int] = field(default_factory=dict)  # documents per index
-    # The settings each index had before this shard tuned it, for `finish_load` to put back.
-    previous_settings: dict[str, IndexSettings] = field(default_factory=dict)
-    seconds: float = 0.0
-    stamps: dict[str, str] = field(default_factory=dict)  # each file's `file_stamp` as it was read (before and after)
-
-    def summary(self) -> str:
-        return (
-            f"shard {self.shard + 1}: {self.files} file(s), read {self.read}, loaded {self.loaded}, "
-            f"rejected {self.rejected}; {self.seconds:.1f}s (attempt {self.attempt_id})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly values, for XCom."""
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ShardReport:
-        return cls(**values)
-
-
-@dataclass
-class LoadReport:
-    """What one load of a landing day did. Always `read == loaded + rejected`."""
-
-    landing_day: dt.date
-    load_id: str
-    files: int = 0
-    read: int = 0
-    loaded: int = 0
-    rejected: int = 0
-    rejects_file: str | None = None  # a path or URL
-    # Documents written per (local day, environment) partition. Partitions that only lost documents to the
-    # sweep are included with 0: every partition listed needs its aggregates recomputed.
-    partitions: dict[Partition, int] = field(default_factory=dict)
-    deleted: int = 0  # stale documents the folder no longer contributes
-    seconds: float = 0.0
-    shards: int = 1
-    incremental: bool = False  # only some files of the folder were loaded (new or changed ones: `plan_load`)
-    stamps: dict[str, str] = field(default_factory=dict)  # each loaded file's `file_stamp` as it was read
-
-    @property
-    def reject_ratio(self) -> float:
-        return self.rejected / self.read if self.read else 0.0
-
-    def summary(self) -> str:
-        where = f", rejects in {self.rejects_file}" if self.rejects_file else ""
-        shards = f" in {self.shards} shards" if self.shards > 1 else ""
-        return (
-            f"landing day {self.landing_day}: {self.files} file(s){shards}, read {self.read}, loaded {self.loaded}, "
-            f"rejected {self.rejected}{where}; {self.deleted} stale document(s) deleted; "
-            f"{self.seconds:.1f}s (load {self.load_id})"
-        )
-
-
-@dataclass(frozen=True)
-class LoadProgress:
-    """A snapshot of a running load, for progress logs and callbacks."""
-
-    files_done: int
-    files: int
-    read: int
-    loaded: int
-    rejected: int
-    seconds: float
-
-    @property
-    def docs_per_second(self) -> float:
-        return self.loaded / self.seconds if self.seconds else 0.0
-
-    def __str__(self) -> str:
-        return (
-            f"{self.files_done}/{self.files} file(s), read {self.read}, loaded {self.loaded}, "
-            f"rejected {self.rejected}, {self.docs_per_second:,.0f} docs/s"
-        )
-
-
-def new_load_id() -> str:
-    """A fresh, sortable load id: UTC time plus randomness."""
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
 def _fix_mmap_threshold() -> bool:
@@ -327,90 +174,6 @@ def load_landing_day(
     (shard,) = plan.shards
     written = load_shard(es, settings, shard, landing=landing, rejects_root=rejects_root, progress=progress)
     return finish_load(es, settings, plan, [written], rejects_root=rejects_root, started=started)
-
-
-def plan_load(
-    settings: Settings,
-    landing_day: dt.date,
-    *,
-    landing: LandingPath | None = None,
-    load_id: str | None = None,
-    missing_ok: bool = False,
-    shard_mb: float | None = -1,
-    loaded: Mapping[str, str] | None = None,
-) -> LoadPlan:
-    """List the landing day's files and split them into shards of about `shard_mb` MiB (default
-    `settings.shard_mb`; None: one shard), whole files each, largest first onto the lightest shard.
-
-    With `loaded` (the stamp of each file already loaded, by `source_file`: the manifest), the load is incremental:
-    only the files that are new or whose stamp changed are planned, and finishing it replaces exactly their
-    documents (the rest of the folder is left as it is).
-
-    A file is never split: a gzip stream cannot be entered in the middle, a CSV record may span lines and a
-    document's id is its file and line. Raises `MissingLandingDay` (unless `missing_ok`) and
-    `UnreadableLandingEntries` before anything is written.
-    """
-    load_id = load_id or new_load_id()
-    if not LOAD_ID.match(load_id):
-        raise ValueError(f"load id {load_id!r} must be 1-128 letters, digits or ._:+- (starting with one of the first)")
-    root = landing if landing is not None else landing_root(settings.landing)
-    try:
-        files, ignored = find_day_files(root, landing_day)
-    except MissingLandingDay:
-        if not missing_ok:
-            raise
-        log.warning("landing day %s is gone: removing everything it contributed", landing_day)
-        files, ignored = [], []
-    if ignored:
-        log.warning(
-            "ignoring %d file(s) that are not *.jsonl/*.ndjson/*.csv[.gz]: %s", len(ignored), ", ".join(ignored)
-        )
-    stats = {file.source_file: file.path.stat() for file in files}
-    stamps = {name: file_stamp(stat) for name, stat in stats.items()}
-    if loaded is not None:
-        stats = {name: stat for name, stat in stats.items() if loaded.get(name) != stamps[name]}
-        log.info("%d file(s) loaded before and unchanged, %d new or changed", len(stamps) - len(stats), len(stats))
-    sizes = [(name, stat.st_size) for name, stat in stats.items()]
-    shard_mb = settings.shard_mb if shard_mb == -1 else shard_mb
-    split = split_into_shards(sizes, None if shard_mb is None else max(1, int(shard_mb * (1 << 20))))
-    shards = tuple(
-        Shard(landing_day, load_id, number, len(split), tuple(names), size, tuple(stamps[n] for n in names),
-              incremental=loaded is not None)
-        for number, (names, size) in enumerate(split)
-    )  # fmt: skip
-    log.info(
-        "load %s of landing day %s: %d file(s), %.1f MiB under %s, in %d shard(s)",
-        load_id, landing_day, len(sizes), sum(shard.bytes for shard in shards) / (1 << 20), root, len(shards),
-    )  # fmt: skip
-    return LoadPlan(landing_day, load_id, shards)
-
-
-def file_stamp(stat: Any) -> str:
-    """A file's size and modification time (`<bytes>:<ns>`): a file whose stamp is unchanged is not loaded again by
-    an incremental load. Object storage gives the time its object was written, to the second only, so its entity
-    tag (a digest of the content on S3) is added where there is one (`<bytes>:<ns>:<tag digest>`): an object replaced
-    within the same second by one of the same size is still a changed file."""
-    nanoseconds = getattr(stat, "st_mtime_ns", None)
-    if nanoseconds is None:
-        nanoseconds = round(float(getattr(stat, "st_mtime", 0) or 0) * 1e9)
-    tag = (stat.get("ETag") or stat.get("etag")) if isinstance(stat, Mapping) else None
-    stamp = f"{stat.st_size}:{nanoseconds}"
-    if tag:  # as a digest: the stamp stays within the manifest's 64 characters (a multipart tag is longer)
-        stamp += ":" + hashlib.blake2b(str(tag).encode(), digest_size=8).hexdigest()
-    return stamp
-
-
-def split_into_shards(sizes: Sequence[tuple[str, int]], shard_bytes: int | None) -> list[tuple[list[str], int]]:
-    """(names, bytes) of shards of about `shard_bytes` each (None: one shard), at least one, at most one per file;
-    each file goes, largest first, onto the shard with the fewest bytes so far (names sorted within a shard)."""
-    total = sum(size for _, size in sizes)
-    count = 1 if not shard_bytes else max(1, min(len(sizes), -(-total // shard_bytes)))
-    heap = [(0, shard, []) for shard in range(count)]
-    for name, size in sorted(sizes, key=lambda item: (-item[1], item[0])):
-        weight, shard, names = heapq.heappop(heap)
-        names.append(name)
-        heapq.heappush(heap, (weight + size, shard, names))
-    return [(sorted(names), weight) for weight, _, names in sorted(heap, key=lambda item: item[1])]
 
 
 def load_shard(
@@ -761,160 +524,3 @@ def _action_template(index: str, id_prefix: str) -> bytes:
     """The bulk action line of a document of `index` whose `_id` is `<id_prefix>:<line>`, `%d` for the line."""
     line = orjson.dumps({"index": {"_index": index, "_id": f"{id_prefix}:{{line}}"}}, option=orjson.OPT_APPEND_NEWLINE)
     return line.replace(b"%", b"%%").replace(b"{line}", b"%d")
-
-
-def _sweep_stale(
-    es: Elasticsearch,
-    alias: str,
-    scope: dict[str, Any],
-    what: str,
-    attempts: Sequence[str],
-    foreign: list[dict[str, Any]],
-) -> Counter[str]:
-    """Delete every document of the load's `scope` (its landing folder, or its files) written by anything but the
-    load's shard `attempts` (another load, a shard's failed attempt), in our own indexes only (`foreign` says which
-    indexes behind the alias are not); returns the deletions per index."""
-    query = {
-        "bool": {
-            "filter": [scope],
-            "must_not": [{"terms": {"load_id": list(attempts)}}, *foreign],
-        }
-    }
-    pit = es.open_point_in_time(index=alias, keep_alive="2m", ignore_unavailable=True)["id"]
-    try:
-
-        def stale() -> Iterator[Action]:
-            nonlocal pit
-            dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-            search_after = None
-            while True:
-                page = es.search(
-                    pit={"id": pit, "keep_alive": "2m"},
-                    query=query,
-                    sort=["_shard_doc"],
-                    search_after=search_after,
-                    size=SWEEP_PAGE,
-                    source=False,
-                    track_total_hits=False,
-                    allow_partial_search_results=False,  # a shard that cannot answer must not hide its stale docs
-                )
-                pit = page.get("pit_id", pit)
-                hits = page["hits"]["hits"]
-                for hit in hits:
-                    index = hit["_index"]
-                    yield index, dumps({"delete": {"_index": index, "_id": hit["_id"]}}, option=newline), None
-                if len(hits) < SWEEP_PAGE:
-                    return
-                search_after = hits[-1]["sort"]
-
-        deleted: Counter[str] = Counter()
-        errors: list[dict[str, Any]] = []
-        for chunk_deleted, chunk_errors in send_chunks(es, chunks_of(stale())):
-            deleted.update(chunk_deleted)
-            errors.extend(chunk_errors)
-        if errors:
-            raise LoadError(f"deleting {len(errors)} stale document(s) failed; first: {describe(errors[0])}")
-    finally:
-        es.options(ignore_status=404).close_point_in_time(id=pit)
-    if deleted:
-        log.info("deleted %d stale document(s) from %s: %s", deleted.total(), what, dict(deleted))
-    return deleted
-
-
-def _reconcile(
-    es: Elasticsearch,
-    settings: Settings,
-    scope: dict[str, Any],
-    what: str,
-    attempts: Sequence[str],
-    report: LoadReport,
-    foreign: list[dict[str, Any]],
-) -> None:
-    """Check Elasticsearch's counts: per partition exactly what the load's shard `attempts` wrote, and nothing else
-    from the load's `scope` (its folder, or its files) in our own indexes."""
-    mismatches = []
-    for (day, environment), expected in sorted(report.partitions.items()):
-        name = index_name(settings.index_prefix, day, environment)
-        query = {"bool": {"filter": [scope, {"terms": {"load_id": list(attempts)}}]}}
-        found = _count(es, index=name, query=query)
-        if found != expected:
-            mismatches.append(f"{name}: {found} instead of {expected}")
-    mine = {"bool": {"filter": [scope], "must_not": foreign}}
-    total = _count(es, index=settings.index_prefix, query=mine, ignore_unavailable=True)
-    if total != report.loaded:
-        mismatches.append(f"all indexes: {total} documents from {what} instead of {report.loaded}")
-    if mismatches:
-        raise ReconciliationError(f"load {report.load_id} of {what} does not reconcile: {'; '.join(mismatches)}")
-
-
-def _count(es: Elasticsearch, **request: Any) -> int:
-    """A count that every shard answered (a count missing a shard whose node just died would be short)."""
-    response = es.count(**request)
-    if response["_shards"].get("failed"):
-        raise ReconciliationError(f"{response['_shards']['failed']} shard(s) could not be counted: retry the load")
-    return response["count"]
-
-
-def _by_partition(prefix: str, per_index: Mapping[str, int]) -> dict[Partition, int]:
-    partitions: dict[Partition, int] = {}
-    for name, count in sorted(per_index.items()):
-        partition = parse_index_name(prefix, name)
-        if partition is None:  # never reached while the sweep keeps to our own indexes: a guard, not a path
-            raise LoadError(f"index {name} behind alias {prefix} is not a daily hit index")
-        partitions[partition] = count
-    return partitions
-
-
-def _template_settings(settings: Settings) -> IndexSettings:
-    """The template's values of `LOAD_SETTINGS` (None: Elasticsearch's default)."""
-    template = index_settings(settings)
-    return {name: _text(template.get(name.removeprefix("index."))) for name in LOAD_SETTINGS}
-
-
-class _Tuner:
-    """Tunes the indexes a shard writes to with `LOAD_SETTINGS`, recording each one's previous settings."""
-
-    def __init__(self, es: Elasticsearch, settings: Settings) -> None:
-        self.es = es
-        self.previous: dict[str, IndexSettings] = {}
-        self.template = _template_settings(settings)
-
-    def apply(self, index: str) -> None:
-        response = self.es.indices.get_settings(index=index, name=list(LOAD_SETTINGS), flat_settings=True)
-        current = response.body.get(index, {}).get("settings", {})  # absent when none of them is set
-        previous = {name: current.get(name) for name in LOAD_SETTINGS}
-        # Recorded before the change, so a change that fails half way is still undone. Settings equal to the load's
-        # were left by another shard of this load or by a killed one: the template's come back.
-        self.previous[index] = self.template if previous == LOAD_SETTINGS else previous
-        self.es.indices.put_settings(index=index, settings=LOAD_SETTINGS)
-
-    def created(self, index: str) -> None:
-        """`index` was just created with `LOAD_SETTINGS`: it gets the template's settings afterwards."""
-        self.previous[index] = self.template
-
-
-def restore_settings(es: Elasticsearch, previous: Mapping[str, IndexSettings], *, failing: bool = False) -> None:
-    """Put each index's `previous` settings back, one request per group of indexes alike.
-
-    A failure to restore fails a load that went well; while a load is `failing` it is logged, so the first error
-    stays the one reported, and the next load of those indexes repairs them (it finds `LOAD_SETTINGS` there).
-    """
-    failed = []
-    groups: dict[tuple[tuple[str, str | None], ...], list[str]] = {}
-    for index, values in previous.items():
-        groups.setdefault(tuple(sorted(values.items())), []).append(index)
-    for values, names in groups.items():
-        for start in range(0, len(names), RESTORE_BATCH):
-            batch = ",".join(names[start : start + RESTORE_BATCH])
-            try:
-                es.indices.put_settings(index=batch, settings=dict(values))
-            except (ApiError, ESConnectionError, ConnectionTimeout) as error:
-                failed.append(f"{batch}: {error}")
-    if failed and not failing:
-        raise LoadError(f"could not restore the index settings after the load: {'; '.join(failed)}")
-    for failure in failed:
-        log.error("could not restore the index settings of %s", failure)
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value).lower()
